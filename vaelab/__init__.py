@@ -1,0 +1,1 @@
+"""VAE / IWAE on MNIST: config, data, models, evaluation."""

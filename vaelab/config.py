@@ -1,0 +1,308 @@
+"""params.yaml -> validated, frozen dataclasses.
+
+Configuration flows one way: the YAML file is read once, every key a stage uses is checked
+here (type, range, allowed values, unknown keys with a "did you mean"), and the rest of the
+library only ever sees these dataclasses. A mistake raises `ParamsError` whose message is one
+line naming the file, the key path and what is allowed; stage scripts print it and exit 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SOURCES = ("mnist5k", "mnist", "fashion_mnist", "idx", "npz")
+BINARIZE = ("dynamic", "static", "threshold", "none")
+ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
+DECODERS = ("bernoulli", "gaussian")
+OBJECTIVES = ("elbo_analytic", "elbo_mc", "vae_k", "iwae", "prior_mc")
+
+
+class ParamsError(ValueError):
+    """A user mistake in params.yaml; its message is meant to be printed as is."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist5k"
+    path: str | None = None
+    binarize: str = "dynamic"
+    valid_size: int = 500
+    test_size: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent: int = 50
+    hidden: tuple[int, ...] = (200, 200)
+    activation: str = "tanh"
+    decoder: str = "bernoulli"
+    # Gaussian decoder only: a positive float fixes sigma, "learned" makes it an output.
+    decoder_scale: float | str = "learned"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    seed: int = 0
+    checkpoint_every: int = 10
+    jit: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One entry of `models:`: everything needed to train that model, fully resolved."""
+
+    name: str
+    objective: str
+    k: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """Flat `section.key` view, for MLflow params and model.json."""
+        out: dict[str, Any] = {"name": self.name, "objective": self.objective, "k": self.k}
+        for section in ("data", "model", "train"):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    k: int = 5000
+    n_test: int = 500
+    # Importance samples per chunk when estimating L_k: bounds memory at
+    # chunk * batch * 784 floats whatever k is.
+    chunk: int = 500
+    batch_size: int = 100
+    snr_k: tuple[int, ...] = (1, 5, 50)
+    snr_repeats: int = 100
+    elbo_draws: int = 100
+    prior_k: tuple[int, ...] = (1, 10, 100, 1000, 5000)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str = "vae-iwae"
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    models: dict[str, RunConfig]
+    evaluate: EvaluateConfig
+    sample: SampleConfig
+    mlflow: MlflowConfig
+    path: str = "params.yaml"
+
+
+# ----------------------------------------------------------------------------------------
+# checking helpers: each raises ParamsError naming `file: key.path: what is allowed, got X`
+
+class _Checker:
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, key: str, allowed: str, got: Any = dataclasses.MISSING) -> None:
+        shown = "" if got is dataclasses.MISSING else f", got {got!r}"
+        raise ParamsError(f"{self.file}: {key}: {allowed}{shown}")
+
+    def mapping(self, value: Any, key: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, "must be a mapping of keys to values", value)
+        return value
+
+    def known_keys(self, given: dict, allowed: tuple[str, ...], key: str) -> None:
+        for name in given:
+            if name not in allowed:
+                close = difflib.get_close_matches(str(name), allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                where = f"{key}.{name}" if key else str(name)
+                self.fail(where, f"unknown key{hint}; allowed: {', '.join(allowed)}")
+
+    def integer(self, value: Any, key: str, low: int = 0) -> int:
+        # bool is an int in Python; `k: true` is a typo, not k=1.
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+            self.fail(key, f"must be {kind}", value)
+        return value
+
+    def number(self, value: Any, key: str, positive: bool = True) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.fail(key, "must be a finite number", value)
+        if positive and value <= 0:
+            self.fail(key, "must be > 0", value)
+        return float(value)
+
+    def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            self.fail(key, f"must be one of {', '.join(allowed)}{hint}", value)
+        return value
+
+    def int_list(self, value: Any, key: str, allow_empty: bool = False) -> tuple[int, ...]:
+        if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+            self.fail(key, "must be a non-empty list of positive integers", value)
+        return tuple(self.integer(v, f"{key}[{i}]", low=1) for i, v in enumerate(value))
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(key, "must be true or false", value)
+        return value
+
+
+def _fields(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def _data(c: _Checker, raw: dict, key: str = "data") -> DataConfig:
+    c.known_keys(raw, _fields(DataConfig), key)
+    d = dataclasses.replace(DataConfig(), **raw)
+    c.choice(d.source, f"{key}.source", SOURCES)
+    if d.source in ("idx", "npz"):
+        if not isinstance(d.path, str) or not d.path:
+            what = "a folder holding the idx files" if d.source == "idx" else "an .npz file"
+            c.fail(f"{key}.path", f"must name {what} when data.source is {d.source}", d.path)
+    elif d.path is not None and not isinstance(d.path, str):
+        c.fail(f"{key}.path", "must be a path or null", d.path)
+    c.choice(d.binarize, f"{key}.binarize", BINARIZE)
+    c.integer(d.valid_size, f"{key}.valid_size", low=1)
+    c.integer(d.test_size, f"{key}.test_size", low=1)
+    c.integer(d.seed, f"{key}.seed", low=0)
+    return d
+
+
+def _model(c: _Checker, raw: dict, key: str) -> ModelConfig:
+    c.known_keys(raw, _fields(ModelConfig), key)
+    m = dataclasses.replace(ModelConfig(), **raw)
+    c.integer(m.latent, f"{key}.latent", low=1)
+    hidden = c.int_list(m.hidden, f"{key}.hidden")
+    c.choice(m.activation, f"{key}.activation", ACTIVATIONS)
+    c.choice(m.decoder, f"{key}.decoder", DECODERS)
+    scale = m.decoder_scale
+    if scale != "learned":
+        if isinstance(scale, str):
+            c.fail(f"{key}.decoder_scale", "must be 'learned' or a number > 0", scale)
+        scale = c.number(scale, f"{key}.decoder_scale")
+    return dataclasses.replace(m, hidden=hidden, decoder_scale=scale)
+
+
+def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
+    c.known_keys(raw, _fields(TrainConfig), key)
+    t = dataclasses.replace(TrainConfig(), **raw)
+    c.integer(t.epochs, f"{key}.epochs", low=1)
+    c.integer(t.batch_size, f"{key}.batch_size", low=1)
+    lr = c.number(t.learning_rate, f"{key}.learning_rate")
+    c.integer(t.seed, f"{key}.seed", low=0)
+    c.integer(t.checkpoint_every, f"{key}.checkpoint_every", low=1)
+    c.boolean(t.jit, f"{key}.jit")
+    return dataclasses.replace(t, learning_rate=lr)
+
+
+def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
+         train_raw: dict) -> RunConfig:
+    key = f"models.{name}"
+    raw = c.mapping(raw, key)
+    model_keys, train_keys = _fields(ModelConfig), _fields(TrainConfig)
+    c.known_keys(raw, ("objective", "k") + model_keys + train_keys, key)
+    if "objective" not in raw:
+        c.fail(f"{key}.objective", f"is required; one of {', '.join(OBJECTIVES)}")
+    objective = c.choice(raw["objective"], f"{key}.objective", OBJECTIVES)
+    k = c.integer(raw.get("k", 1), f"{key}.k", low=1)
+    if objective in ("elbo_analytic", "elbo_mc") and k != 1:
+        c.fail(f"{key}.k", f"must be 1 for objective {objective} (use vae_k or iwae for k > 1)", k)
+    # Per-model overrides are checked under their own path (models.iwae.epochs), so the
+    # message points at the line the user wrote.
+    model = _model(c, {**model_raw, **{n: v for n, v in raw.items() if n in model_keys}},
+                   key if any(n in model_keys for n in raw) else "model")
+    train = _train(c, {**train_raw, **{n: v for n, v in raw.items() if n in train_keys}},
+                   key if any(n in train_keys for n in raw) else "train")
+    if model.decoder == "gaussian" and data.binarize != "none":
+        c.fail(f"{key}.decoder" if "decoder" in raw else "model.decoder",
+               "gaussian requires data.binarize: none (it models grey values)", model.decoder)
+    if model.decoder == "bernoulli" and data.binarize == "none":
+        c.fail("data.binarize", f"none needs decoder: gaussian ({key} uses bernoulli)", "none")
+    return RunConfig(name=name, objective=objective, k=k, data=data, model=model, train=train)
+
+
+def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
+    c.known_keys(raw, _fields(EvaluateConfig), "evaluate")
+    e = dataclasses.replace(EvaluateConfig(), **raw)
+    for name in ("k", "n_test", "chunk", "batch_size", "snr_repeats", "elbo_draws"):
+        c.integer(getattr(e, name), f"evaluate.{name}", low=1)
+    c.integer(e.seed, "evaluate.seed", low=0)
+    if e.snr_repeats < 2:
+        c.fail("evaluate.snr_repeats", "must be >= 2 (a standard deviation needs two draws)",
+               e.snr_repeats)
+    return dataclasses.replace(e, snr_k=c.int_list(e.snr_k, "evaluate.snr_k"),
+                               prior_k=c.int_list(e.prior_k, "evaluate.prior_k"))
+
+
+def parse_params(raw: Any, file: str = "params.yaml") -> Params:
+    c = _Checker(file)
+    raw = c.mapping(raw, "(top level)")
+    sections = ("data", "model", "train", "models", "evaluate", "sample", "mlflow")
+    c.known_keys(raw, sections, "")
+    data = _data(c, c.mapping(raw.get("data"), "data"))
+    model_raw = c.mapping(raw.get("model"), "model")
+    train_raw = c.mapping(raw.get("train"), "train")
+    model = _model(c, model_raw, "model")
+    train = _train(c, train_raw, "train")
+    models_raw = c.mapping(raw.get("models"), "models")
+    if not models_raw:
+        c.fail("models", "must list at least one model, e.g. vae: {objective: elbo_analytic}")
+    models = {}
+    for name, entry in models_raw.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            c.fail(f"models.{name}", "model names may hold letters, digits, '_' and '-' only")
+        models[name] = _run(c, name, entry, data, model_raw, train_raw)
+    evaluate = _evaluate(c, c.mapping(raw.get("evaluate"), "evaluate"))
+    sample_raw = c.mapping(raw.get("sample"), "sample")
+    c.known_keys(sample_raw, _fields(SampleConfig), "sample")
+    sample = dataclasses.replace(SampleConfig(), **sample_raw)
+    c.integer(sample.n, "sample.n", low=1)
+    c.integer(sample.seed, "sample.seed", low=0)
+    mlflow_raw = c.mapping(raw.get("mlflow"), "mlflow")
+    c.known_keys(mlflow_raw, _fields(MlflowConfig), "mlflow")
+    mlflow_cfg = dataclasses.replace(MlflowConfig(), **mlflow_raw)
+    if not isinstance(mlflow_cfg.experiment, str) or not mlflow_cfg.experiment.strip():
+        c.fail("mlflow.experiment", "must be a non-empty name", mlflow_cfg.experiment)
+    return Params(data=data, model=model, train=train, models=models, evaluate=evaluate,
+                  sample=sample, mlflow=mlflow_cfg, path=file)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the repo root, or pass --params)")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}")
+    return parse_params(raw, str(path))

@@ -1,0 +1,128 @@
+"""Encoder and decoder networks (Keras, tensors in, tensors out) and the TFP distributions
+built from their outputs.
+
+Keras 3 layers must not carry TFP 0.25 distributions, so the networks return plain tensors
+(`[loc, scale]` or logits) and the small factories below turn them into distributions. That
+split is also what makes the exported `encoder.keras` / `decoder.keras` loadable with plain
+`keras.saving.load_model(path)`: they hold built-in layers only.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from .config import ModelConfig
+
+tfd = tfp.distributions
+
+N_PIXELS = 784
+# softplus can underflow to 0 for a very negative pre-activation; a floor keeps log q(z|x)
+# and the Gaussian log-likelihood finite. Small next to any scale a trained model uses.
+SCALE_FLOOR = 1e-4
+
+
+def _mlp(h, sizes, activation, prefix):
+    for i, n in enumerate(sizes):
+        h = keras.layers.Dense(n, activation=activation, name=f"{prefix}_{i}")(h)
+    return h
+
+
+def _positive(h, size, name):
+    # Rescaling(scale=1, offset=floor) is a built-in way to add the floor, so the saved model
+    # needs no custom objects.
+    s = keras.layers.Dense(size, activation="softplus", name=f"{name}_softplus")(h)
+    return keras.layers.Rescaling(1.0, offset=SCALE_FLOOR, name=name)(s)
+
+
+def build_encoder(cfg: ModelConfig) -> keras.Model:
+    """x [B, 784] -> [loc, scale], each [B, latent]."""
+    x = keras.Input((N_PIXELS,), name="x")
+    h = _mlp(x, cfg.hidden, cfg.activation, "enc")
+    loc = keras.layers.Dense(cfg.latent, name="loc")(h)
+    return keras.Model(x, [loc, _positive(h, cfg.latent, "scale")], name="encoder")
+
+
+def build_decoder(cfg: ModelConfig) -> keras.Model:
+    """z [B, latent] -> Bernoulli logits [B, 784], or Gaussian [loc, scale] each [B, 784]."""
+    z = keras.Input((cfg.latent,), name="z")
+    h = _mlp(z, tuple(reversed(cfg.hidden)), cfg.activation, "dec")
+    if cfg.decoder == "bernoulli":
+        return keras.Model(z, keras.layers.Dense(N_PIXELS, name="logits")(h), name="decoder")
+    loc = keras.layers.Dense(N_PIXELS, activation="sigmoid", name="loc")(h)
+    if cfg.decoder_scale == "learned":
+        scale = _positive(h, N_PIXELS, "scale")
+    else:
+        # A constant output of the right shape from built-in layers: 0 * loc + sigma.
+        scale = keras.layers.Rescaling(0.0, offset=float(cfg.decoder_scale), name="scale")(loc)
+    return keras.Model(z, [loc, scale], name="decoder")
+
+
+# ---------------------------------------------------------------------------------------
+# distributions: small factories, TFP style. Events are whole vectors (Independent), so
+# log_prob returns one number per example and samples keep the sample axis first.
+
+def prior(latent: int) -> tfd.Distribution:
+    """p(z) = N(0, I), event shape [latent]."""
+    zeros = tf.zeros([latent])
+    return tfd.Independent(tfd.Normal(zeros, tf.ones([latent])), reinterpreted_batch_ndims=1)
+
+
+def posterior(encoder: keras.Model, x: tf.Tensor) -> tfd.Distribution:
+    """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]."""
+    loc, scale = encoder(x)  # [B, latent] each
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+
+def make_decode(decoder: keras.Model, kind: str):
+    """A function z [..., latent] -> p(x|z), batch [...], event [784].
+
+    Any leading sample axes are folded into one batch for the network, so k samples of a
+    batch of B cost one [k*B, latent] matmul chain, not k small ones.
+    """
+
+    def decode(z: tf.Tensor) -> tfd.Distribution:
+        lead = tf.shape(z)[:-1]
+        flat = tf.reshape(z, [-1, z.shape[-1]])  # [k*B, latent]
+        out = decoder(flat)
+        unflat = lambda t: tf.reshape(t, tf.concat([lead, [N_PIXELS]], 0))  # noqa: E731
+        if kind == "bernoulli":
+            return tfd.Independent(tfd.Bernoulli(logits=unflat(out), dtype=tf.float32), 1)
+        loc, scale = out
+        return tfd.Independent(tfd.Normal(unflat(loc), unflat(scale)), 1)
+
+    return decode
+
+
+def decoder_mean(decoder: keras.Model, kind: str, z: tf.Tensor) -> tf.Tensor:
+    """E[x|z] [B, 784]: the picture a sample from the model shows."""
+    out = decoder(z)
+    return tf.sigmoid(out) if kind == "bernoulli" else out[0]
+
+
+# ---------------------------------------------------------------------------------------
+# export: encoder.keras, decoder.keras, model.json
+
+def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model, info: dict) -> None:
+    """Write the three files into `folder` (the caller makes it a fresh temp folder and renames
+    it into place, so a half-saved model is never seen)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    encoder.save(folder / "encoder.keras")
+    decoder.save(folder / "decoder.keras")
+    (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
+    folder = Path(folder)
+    missing = [n for n in ("encoder.keras", "decoder.keras", "model.json")
+               if not (folder / n).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: missing {', '.join(missing)}; train it first (dvc repro train@{folder.name})")
+    info = json.loads((folder / "model.json").read_text())
+    return (keras.saving.load_model(folder / "encoder.keras"),
+            keras.saving.load_model(folder / "decoder.keras"), info)

@@ -1,0 +1,171 @@
+"""MLflow: where the store is, a fail-fast reachability check, and one run per model.
+
+The default store is `sqlite:///<repo root>/mlflow.db`, anchored at DVC's root (DVC_ROOT,
+which DVC sets for stage commands) rather than the working directory, so `dvc exp run` in a
+temp dir or a queue lands in the same store as a plain `dvc repro`. Artifacts of that default
+store go to `<repo root>/mlruns` for the same reason. `MLFLOW_TRACKING_URI` overrides it all.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+DB_NAME = "mlflow.db"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI and what to do."""
+
+
+def repo_root() -> Path:
+    """DVC_ROOT when DVC runs us; else the nearest folder above the cwd holding .dvc/."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / DB_NAME}"
+
+
+def _is_default(uri: str) -> bool:
+    return not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def connect(experiment: str):
+    """Check the store answers, make sure the experiment exists, return (client, exp id).
+
+    Runs before any work so a stage with an unreachable store fails in a second, with
+    nothing written and no half-logged run.
+    """
+    # An HTTP store otherwise retries with backoff for minutes before giving up.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {folder} is missing or not writable; "
+                                "fix it, or set MLFLOW_TRACKING_URI to another store")
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = (repo_root() / "mlruns").as_uri() if _is_default(uri) else None
+            exp_id = client.create_experiment(experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+    except Exception as e:  # noqa: BLE001 - any failure here means "store unusable"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrackingError(
+            f"MLflow tracking store {uri} cannot be reached ({first[:200]}); start the server, "
+            "or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
+    return client, exp_id
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=repo_root(), timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_tags(stage: str, extra: dict) -> dict:
+    tags = {"dvc.stage": stage, **{k: str(v) for k, v in extra.items()}}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+@contextmanager
+def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str | None = None):
+    """One MLflow run for one trained model, ended FINISHED, or FAILED on any exception
+    (Ctrl-C included) so no run is left RUNNING. With `run_id`, continues that run (a
+    resumed training) instead of starting a new one."""
+    import mlflow
+
+    client, exp_id = connect(experiment)
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+            if run.info.experiment_id != exp_id:
+                run_id = None
+        except Exception:  # noqa: BLE001 - the old run is gone: start afresh
+            run_id = None
+    if run_id is None:
+        run = client.create_run(exp_id, run_name=name, tags=tags)
+        client.log_batch(run.info.run_id, params=[
+            mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+    else:
+        client.update_run(run_id, status="RUNNING")
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    run_id = run.info.run_id
+    try:
+        yield RunLogger(client, run_id, exp_id)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+class RunLogger:
+    """Logs to one run by id, without touching its status: evaluate and sample add to the
+    training run this way, long after it finished."""
+
+    def __init__(self, client, run_id: str, experiment_id: str):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+
+    @classmethod
+    def of_model(cls, model_dir: str | Path, experiment: str) -> "RunLogger":
+        info = json.loads((Path(model_dir) / "mlflow.json").read_text())
+        client, exp_id = connect(experiment)
+        try:
+            client.get_run(info["run_id"])
+        except Exception:  # noqa: BLE001
+            raise TrackingError(
+                f"{model_dir}/mlflow.json names run {info['run_id']}, which the store "
+                f"{tracking_uri()} does not hold; retrain it (dvc repro -f train@{Path(model_dir).name})"
+            ) from None
+        return cls(client, info["run_id"], info.get("experiment_id", exp_id))
+
+    def metrics(self, values: dict, step: int | None = None) -> None:
+        import time
+
+        import mlflow
+
+        ts = int(time.time() * 1000)
+        batch = [mlflow.entities.Metric(k, float(v), ts, step or 0)
+                 for k, v in values.items() if v is not None]
+        for i in range(0, len(batch), 500):  # the store's batch limit is 1000
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+
+    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def artifacts(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(path), folder)
+
+    def tag(self, key: str, value) -> None:
+        self.client.set_tag(self.run_id, key, str(value))
+
+    def describe(self) -> dict:
+        return {"run_id": self.run_id, "experiment_id": self.experiment_id,
+                "tracking_uri": tracking_uri()}

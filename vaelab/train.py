@@ -1,0 +1,265 @@
+"""Training: one compiled step, an epoch loop, checkpoints that make a killed run resumable.
+
+Randomness is stateless: the step's seed is (train.seed, global step), and the epoch's
+shuffle is seeded by (train.seed, epoch). A run is therefore a pure function of its config,
+which is what makes it deterministic on the CPU and lets a resumed run end with the very
+same weights as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import data as vdata
+from . import models
+from .config import RunConfig
+from .objectives import OBJECTIVES
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or a gradient became NaN/inf; the message says where and what to try."""
+
+
+@dataclass
+class TrainResult:
+    encoder: keras.Model
+    decoder: keras.Model
+    history: list[dict] = field(default_factory=list)  # one dict per epoch
+    seconds: float = 0.0  # training time of this process (resumed epochs excluded)
+    samples_per_s: float = 0.0
+    resumed_from: int = 0  # epochs restored from a checkpoint
+
+
+def train_inputs(x: np.ndarray, binarize: str, seed: int) -> np.ndarray:
+    """What the step is fed, float32 [N, 784]: pixel probabilities for `dynamic` (the step
+    draws a fresh binarization), a fixed binarization for static/threshold, grey for none."""
+    if binarize == "dynamic" or binarize == "none":
+        return vdata.to_unit(x)
+    return vdata.binarize(x, binarize, seed).astype(np.float32)
+
+
+def eval_inputs(x: np.ndarray, binarize: str, seed: int) -> np.ndarray:
+    """A fixed evaluation set, float32 [N, 784]: one seeded draw, so numbers are comparable
+    epoch to epoch and model to model."""
+    if binarize == "none":
+        return vdata.to_unit(x)
+    mode = "threshold" if binarize == "threshold" else "static"
+    return vdata.binarize(x, mode, seed).astype(np.float32)
+
+
+class Model:
+    """The pieces one objective needs, built from a RunConfig: networks, prior, decode."""
+
+    def __init__(self, run: RunConfig, encoder=None, decoder=None):
+        self.run = run
+        self.encoder = encoder if encoder is not None else models.build_encoder(run.model)
+        self.decoder = decoder if decoder is not None else models.build_decoder(run.model)
+        self.p_z = models.prior(run.model.latent)
+        self.decode = models.make_decode(self.decoder, run.model.decoder)
+        self.objective = OBJECTIVES[run.objective]
+
+    def bound(self, x, seed, k=None):
+        """The run's own objective on x: (bound [B], terms)."""
+        q = models.posterior(self.encoder, x)
+        return self.objective(x, q, self.p_z, self.decode, k or self.run.k, seed)
+
+    @property
+    def variables(self):
+        # The prior-sampling objective never calls the encoder: it gets no gradient, and
+        # Adam must not be handed None gradients for it.
+        if self.run.objective == "prior_mc":
+            return self.decoder.trainable_variables
+        return self.encoder.trainable_variables + self.decoder.trainable_variables
+
+
+def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool, jit: bool):
+    variables = model.variables
+
+    def step(x, seed):  # x [B, 784], seed [2]
+        bin_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if dynamic:
+            # A fresh Bernoulli draw of every pixel each time the digit is seen
+            # (Burda et al. 2015): less overfitting than one fixed binarization.
+            x = tf.cast(tf.random.stateless_uniform(tf.shape(x), bin_seed) < x, tf.float32)
+        with tf.GradientTape() as tape:
+            bound, terms = model.bound(x, z_seed)
+            loss = -tf.reduce_mean(bound)
+        grads = tape.gradient(loss, variables)
+        finite = tf.math.is_finite(loss)
+        for g in grads:
+            finite = finite & tf.reduce_all(tf.math.is_finite(g))
+        # Never let a NaN into the weights: the caller stops on `finite == False`, and the
+        # checkpoint on disk stays the last good state.
+        grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+        optimizer.apply(grads, variables)
+        logs = {"bound": tf.reduce_mean(bound)}
+        logs.update({n: tf.reduce_mean(t) for n, t in terms.items()})
+        return logs, finite
+
+    return tf.function(step, jit_compile=jit, reduce_retracing=True)
+
+
+def make_eval(model: Model, jit: bool):
+    def evaluate(x, seed):
+        bound, terms = model.bound(x, seed)
+        return {"bound": tf.reduce_sum(bound), **{n: tf.reduce_sum(t) for n, t in terms.items()}}
+
+    return tf.function(evaluate, jit_compile=jit, reduce_retracing=True)
+
+
+def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> dict:
+    """Mean of the run's objective and its terms over x, with fixed seeds."""
+    sums: dict[str, float] = {}
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        out = eval_fn(tf.constant(x[start:start + batch_size]), tf.constant([seed, i]))
+        for n, v in out.items():
+            sums[n] = sums.get(n, 0.0) + float(v)
+    return {n: v / len(x) for n, v in sums.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# checkpoints: plain npz of every weight and optimizer slot, written atomically
+
+def checkpoint_key(run: RunConfig) -> str:
+    """Identifies the resolved config: a checkpoint only resumes the run it came from."""
+    blob = json.dumps(run.as_flat_dict(), sort_keys=True, default=str).encode()
+    return f"{run.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def save_checkpoint(path: Path, model: Model, optimizer, epoch: int, history: list,
+                    extra: dict) -> None:
+    arrays = {f"enc_{i}": w for i, w in enumerate(model.encoder.get_weights())}
+    arrays.update({f"dec_{i}": w for i, w in enumerate(model.decoder.get_weights())})
+    arrays.update({f"opt_{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    meta = {"epoch": epoch, "history": history, **extra}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, model: Model, optimizer) -> dict:
+    with np.load(path) as z:
+        n_enc = len(model.encoder.get_weights())
+        n_dec = len(model.decoder.get_weights())
+        model.encoder.set_weights([z[f"enc_{i}"] for i in range(n_enc)])
+        model.decoder.set_weights([z[f"dec_{i}"] for i in range(n_dec)])
+        for i, v in enumerate(optimizer.variables):
+            v.assign(z[f"opt_{i}"])
+        return json.loads(z["meta"].tobytes().decode())
+
+
+# ---------------------------------------------------------------------------------------
+
+class Progress:
+    """Per-epoch lines; on a terminal also an in-place bar within the epoch."""
+
+    def __init__(self, name: str, epochs: int, stream=None):
+        self.name, self.epochs = name, epochs
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+
+    def step(self, epoch: int, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.tty and now - self._last > 0.2:
+            self._last = now
+            bar = "#" * int(20 * done / total)
+            self.stream.write(f"\r{self.name} epoch {epoch}/{self.epochs} [{bar:<20}]")
+            self.stream.flush()
+
+    def epoch(self, logs: dict) -> None:
+        line = (f"{self.name} epoch {logs['epoch']}/{self.epochs}  "
+                f"train bound {logs['train_bound']:.2f}  valid bound {logs['valid_bound']:.2f}  "
+                f"{logs['seconds']:.1f}s")
+        self.stream.write(("\r" if self.tty else "") + line + "\n")
+        self.stream.flush()
+
+
+def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
+          on_epoch: Callable[[dict], None] | None = None,
+          checkpoint: Path | None = None, checkpoint_extra: dict | None = None,
+          progress: Progress | None = None) -> TrainResult:
+    """Train one model. x_train, x_valid: uint8 [N, 28, 28] as prepared.
+
+    `on_epoch(logs)` is called after every epoch with the epoch number, train and valid
+    bound and terms, and seconds. With `checkpoint`, the state is saved there every
+    `train.checkpoint_every` epochs and restored from it at start when it exists; the
+    caller removes it once the outputs are safely written.
+    """
+    t = run.train
+    keras.utils.set_random_seed(t.seed)
+    model = Model(run)
+    optimizer = keras.optimizers.Adam(t.learning_rate, epsilon=1e-4)  # epsilon as Burda et al.
+    optimizer.build(model.variables)
+    dynamic = run.data.binarize == "dynamic"
+    step = make_step(model, optimizer, dynamic, t.jit)
+    eval_fn = make_eval(model, t.jit)
+
+    xs = train_inputs(x_train, run.data.binarize, run.data.seed + 2)
+    xv = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
+    n, bs = len(xs), t.batch_size
+    steps_per_epoch = -(-n // bs)
+
+    history: list[dict] = []
+    start_epoch = 0
+    if checkpoint is not None and checkpoint.exists():
+        meta = load_checkpoint(checkpoint, model, optimizer)
+        start_epoch, history = meta["epoch"], meta["history"]
+        for logs in history:  # let the caller re-log what the killed run may have lost
+            if on_epoch:
+                on_epoch(logs)
+    result = TrainResult(model.encoder, model.decoder, history, resumed_from=start_epoch)
+
+    progress = progress or Progress(run.name, t.epochs)
+    train_seconds = 0.0
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        tic = time.perf_counter()
+        order = np.random.default_rng([t.seed, epoch]).permutation(n)
+        sums: dict[str, float] = {}
+        for i in range(steps_per_epoch):
+            idx = order[i * bs:(i + 1) * bs]
+            global_step = (epoch - 1) * steps_per_epoch + i
+            logs, finite = step(tf.constant(xs[idx]), tf.constant([t.seed, global_step]))
+            if not bool(finite):
+                raise NonFiniteError(
+                    f"model '{run.name}': loss or gradient became non-finite at epoch {epoch}, "
+                    f"step {i + 1}/{steps_per_epoch}. Likely causes: learning rate too high "
+                    f"(train.learning_rate={t.learning_rate:g}: try 10x smaller)"
+                    + (", or a too small Gaussian decoder scale (model.decoder_scale)"
+                       if run.model.decoder == "gaussian" else "")
+                    + ". The last good checkpoint is kept.")
+            for name, v in logs.items():
+                sums[name] = sums.get(name, 0.0) + float(v) * len(idx)
+            progress.step(epoch, i + 1, steps_per_epoch)
+        seconds = time.perf_counter() - tic
+        train_seconds += seconds
+        valid = evaluate_bound(eval_fn, xv, seed=10_000 + t.seed)
+        logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
+        logs.update({f"train_{name}": v / n for name, v in sums.items()})
+        logs.update({f"valid_{name}": v for name, v in valid.items()})
+        history.append(logs)
+        progress.epoch(logs)
+        if on_epoch:
+            on_epoch(logs)
+        if checkpoint is not None and (epoch % t.checkpoint_every == 0 or epoch == t.epochs):
+            save_checkpoint(checkpoint, model, optimizer, epoch, history, checkpoint_extra or {})
+
+    trained = t.epochs - start_epoch
+    result.seconds = train_seconds
+    result.samples_per_s = n * trained / train_seconds if train_seconds else 0.0
+    return result
