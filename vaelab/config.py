@@ -23,7 +23,12 @@ DECODERS = ("bernoulli", "gaussian")
 OBJECTIVES = ("elbo_analytic", "elbo_mc", "vae_k", "iwae", "prior_mc")
 
 
-class ParamsError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix (bad params, bad data file, unreachable store, diverged
+    training). Stage scripts print its one-line message and exit non-zero, no traceback."""
+
+
+class ParamsError(UserError, ValueError):
     """A user mistake in params.yaml; its message is meant to be printed as is."""
 
 
@@ -124,6 +129,7 @@ class _Checker:
 
     def fail(self, key: str, allowed: str, got: Any = dataclasses.MISSING) -> None:
         shown = "" if got is dataclasses.MISSING else f", got {got!r}"
+        key = key.replace("\r", "\\r").replace("\n", "\\n")  # a quoted YAML key may hold one
         raise ParamsError(f"{self.file}: {key}: {allowed}{shown}")
 
     def mapping(self, value: Any, key: str) -> dict:
@@ -150,7 +156,14 @@ class _Checker:
 
     def number(self, value: Any, key: str, positive: bool = True) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.fail(key, "must be a finite number", value)
+            hint = ""
+            if isinstance(value, str):
+                try:
+                    float(value)
+                    hint = " (YAML reads a number like 1e-3 as text: write 1.0e-3 or 0.001)"
+                except ValueError:
+                    pass
+            self.fail(key, f"must be a finite number{hint}", value)
         if positive and value <= 0:
             self.fail(key, "must be > 0", value)
         return float(value)
@@ -256,8 +269,13 @@ def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
     if e.snr_repeats < 2:
         c.fail("evaluate.snr_repeats", "must be >= 2 (a standard deviation needs two draws)",
                e.snr_repeats)
-    return dataclasses.replace(e, snr_k=c.int_list(e.snr_k, "evaluate.snr_k"),
-                               prior_k=c.int_list(e.prior_k, "evaluate.prior_k"))
+    e = dataclasses.replace(e, snr_k=c.int_list(e.snr_k, "evaluate.snr_k"),
+                            prior_k=c.int_list(e.prior_k, "evaluate.prior_k"))
+    for i, k in enumerate(e.prior_k):
+        if k > e.k:
+            # prior and posterior estimates are compared at the same k, up to evaluate.k
+            c.fail(f"evaluate.prior_k[{i}]", f"must be <= evaluate.k ({e.k})", k)
+    return e
 
 
 def parse_params(raw: Any, file: str = "params.yaml") -> Params:
@@ -299,10 +317,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text()
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the repo root, or pass --params)")
+    except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8 text
+        raise ParamsError(f"{path}: cannot read it as a text file ({getattr(e, 'strerror', None) or e})")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}")
+        # ReaderError (a control character) has no .problem and a two-line str(): keep one line.
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise ParamsError(f"{path}: not valid YAML{where}: {problem}")
     return parse_params(raw, str(path))

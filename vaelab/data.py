@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vaelab.config import BINARIZE, SOURCES, DataConfig
+from vaelab.config import BINARIZE, SOURCES, DataConfig, UserError
 from vaelab.io import atomic_file
 
 IMAGE_SHAPE = (28, 28)
@@ -34,7 +34,7 @@ IDX_IMAGES = 0x00000803
 IDX_LABELS = 0x00000801
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data input; message names the file or key and what is allowed."""
 
 

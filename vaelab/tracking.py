@@ -13,10 +13,12 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
+from .config import UserError
+
 DB_NAME = "mlflow.db"
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message names the URI and what to do."""
 
 

@@ -22,11 +22,11 @@ import tensorflow as tf
 
 from . import data as vdata
 from . import models
-from .config import RunConfig
+from .config import RunConfig, UserError
 from .objectives import OBJECTIVES
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """The loss or a gradient became NaN/inf; the message says where and what to try."""
 
 
@@ -152,6 +152,14 @@ def save_checkpoint(path: Path, model: Model, optimizer, epoch: int, history: li
     os.replace(tmp, path)
 
 
+def checkpoint_meta(path: Path) -> dict | None:
+    """The epoch, history and extras of a checkpoint, or None if there is none."""
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        return json.loads(z["meta"].tobytes().decode())
+
+
 def load_checkpoint(path: Path, model: Model, optimizer) -> dict:
     with np.load(path) as z:
         n_enc = len(model.encoder.get_weights())
@@ -220,9 +228,6 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     if checkpoint is not None and checkpoint.exists():
         meta = load_checkpoint(checkpoint, model, optimizer)
         start_epoch, history = meta["epoch"], meta["history"]
-        for logs in history:  # let the caller re-log what the killed run may have lost
-            if on_epoch:
-                on_epoch(logs)
     result = TrainResult(model.encoder, model.decoder, history, resumed_from=start_epoch)
 
     progress = progress or Progress(run.name, t.epochs)

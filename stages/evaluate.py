@@ -1,0 +1,95 @@
+"""DVC stage `evaluate`: measure every trained model on the fixed test set, turn the
+article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for vaelab
+
+from vaelab.quiet import silence_tf  # noqa: E402
+
+silence_tf()
+
+from vaelab import cli, data, evaluate, figures, io, report, tracking  # noqa: E402
+from vaelab.config import load_params  # noqa: E402
+
+
+def main():
+    p = cli.parser(__doc__)
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--models", default="models")
+    p.add_argument("--metrics", default="metrics/evaluate.json")
+    p.add_argument("--report", default="reports", help="folder for report.md and figures/")
+    args = p.parse_args()
+    params = load_params(args.params)
+    cfg = params.evaluate
+    names = cli.model_names(params, None)
+    tracking.connect(params.mlflow.experiment)
+    test = data.load_prepared(args.data, "test")
+    n_train = len(data.load_prepared(args.data, "train")["y"])
+
+    loaded = {n: evaluate.Loaded.from_folder(Path(args.models) / n) for n in names}
+    results, infos = {}, {}
+    for name, m in loaded.items():
+        results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
+        infos[name] = m.info
+        r = results[name]
+        print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
+              f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} images/s")
+    claims = report.all_claims(results, infos, cfg.snr_k)
+
+    ref = report.reference_model(results, infos)
+    with io.atomic_dir(args.report) as out:
+        figs = write_figures(out / "figures", loaded, results, test, params, ref)
+        context = {"k": cfg.k, "source": params.data.source, "n_train": n_train,
+                   "n_test": min(cfg.n_test, len(test["y"])), "snr_k": cfg.snr_k,
+                   "prior_vs_posterior": (ref, results[ref]["_prior_vs_posterior"]),
+                   "figures": figs}
+        io.write_text(out / "report.md", report.render(results, infos, claims, context))
+    public = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()}
+    io.write_json(args.metrics, public)
+    for c in claims:
+        print(f"evaluate: claim {c.number} ({c.title}): {c.verdict}")
+
+    verdicts = {f"claim_{c.number}": c.verdict for c in claims}
+    for name in names:
+        log = tracking.RunLogger.of_model(Path(args.models) / name, params.mlflow.experiment)
+        log.metrics({f"test_{k}": v for k, v in public[name].items()})
+        for k, v in verdicts.items():
+            log.tag(f"report.{k}", v)
+        log.artifacts(args.report, "report")
+    print(f"evaluate: report -> {Path(args.report) / 'report.md'}")
+
+
+def write_figures(folder, loaded, results, test, params, ref):
+    """The report's PNGs; returns [(title, file name)]."""
+    n = min(64, params.sample.n)
+    figures.side_by_side(folder / "samples.png",
+                         {name: evaluate.prior_samples_of(m, n, params.sample.seed)
+                          for name, m in loaded.items()},
+                         "Samples from the prior, decoded (E[x|z])")
+    digits = test["xb"][:12].astype("float32")
+    figures.reconstructions(folder / "reconstructions.png", digits,
+                            {name: evaluate.reconstructions(m, evaluate.test_inputs(test, m.kind)[:12])
+                             for name, m in loaded.items()})
+    figures.histograms(folder / "posterior_std.png",
+                       {name: r["_posterior_std_active"] for name, r in results.items()},
+                       "std of q(z|x) on active units", "Posterior width (prior std = 1)")
+    snr_k = params.evaluate.snr_k
+    figures.lines_vs_k(folder / "snr.png",
+                       {f"{name} {part}": {k: r[f"snr_{part}_k{k}"] for k in snr_k}
+                        for name, r in results.items() for part in ("encoder", "decoder")},
+                       "mean gradient SNR", "Gradient SNR of the IWAE_k estimator", logy=True)
+    pvp = results[ref]["_prior_vs_posterior"]
+    figures.lines_vs_k(folder / "prior_vs_posterior.png",
+                       {"prior sampling, eq. (7)": {k: v[0] for k, v in pvp.items()},
+                        "posterior sampling, eq. (11)": {k: v[1] for k, v in pvp.items()}},
+                       "estimate of E log p(x) (nats)", f"Estimating log p(x) for {ref}")
+    return [("Samples from each model", "samples.png"),
+            ("Reconstructions (posterior mean)", "reconstructions.png"),
+            ("Posterior width on active units", "posterior_std.png"),
+            ("Gradient signal-to-noise ratio vs k", "snr.png"),
+            (f"log p(x) by prior vs posterior sampling ({ref})", "prior_vs_posterior.png")]
+
+
+if __name__ == "__main__":
+    cli.run(main, "evaluate")

@@ -1,0 +1,34 @@
+"""DVC stage `sample`: draw digits from each trained model's prior, save a grid, log it."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for vaelab
+
+from vaelab.quiet import silence_tf  # noqa: E402
+
+silence_tf()
+
+from vaelab import cli, evaluate, figures, tracking  # noqa: E402
+from vaelab.config import load_params  # noqa: E402
+
+
+def main():
+    p = cli.parser(__doc__)
+    p.add_argument("--models", default="models", help="folder of trained models")
+    p.add_argument("--out", default="samples")
+    p.add_argument("names", nargs="*", help="models to sample (default: all in params.yaml)")
+    args = p.parse_args()
+    params = load_params(args.params)
+    names = cli.model_names(params, args.names)
+    tracking.connect(params.mlflow.experiment)
+    for name in names:
+        folder = Path(args.models) / name
+        images = evaluate.prior_samples(folder, params.sample.n, params.sample.seed)  # [n, 784]
+        path = Path(args.out) / f"{name}.png"
+        figures.save_grid(path, images)
+        tracking.RunLogger.of_model(folder, params.mlflow.experiment).artifact(path, "samples")
+        print(f"sample: {params.sample.n} digits from {name}'s prior -> {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main, "sample")

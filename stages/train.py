@@ -1,0 +1,73 @@
+"""DVC stage `train@<name>`: train one entry of `models:` and log it as one MLflow run."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for vaelab
+
+from vaelab.quiet import silence_tf  # noqa: E402
+
+silence_tf()
+
+from vaelab import cli, data, io, models, tracking, train  # noqa: E402
+from vaelab.config import load_params  # noqa: E402
+
+
+def main():
+    p = cli.parser(__doc__)
+    p.add_argument("--name", required=True, help="a key of `models:` in params.yaml")
+    p.add_argument("--data", default="data/prepared")
+    p.add_argument("--out", help="model folder (default: models/<name>)")
+    p.add_argument("--metrics", help="final figures (default: metrics/train/<name>.json)")
+    p.add_argument("--curve", help="per-epoch CSV (default: metrics/curves/<name>.csv)")
+    args = p.parse_args()
+    params = load_params(args.params)
+    [name] = cli.model_names(params, [args.name])
+    run = params.models[name]
+    out = Path(args.out or f"models/{name}")
+    metrics_path = Path(args.metrics or f"metrics/train/{name}.json")
+    curve_path = Path(args.curve or f"metrics/curves/{name}.csv")
+
+    tracking.connect(params.mlflow.experiment)  # fail now, not after an hour of training
+    x_train = data.load_prepared(args.data, "train")["x"]
+    x_valid = data.load_prepared(args.data, "valid")["x"]
+
+    ckpt = tracking.repo_root() / ".checkpoints" / f"{train.checkpoint_key(run)}.npz"
+    meta = train.checkpoint_meta(ckpt)
+    resume_id = meta.get("mlflow_run_id") if meta else None
+    print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
+          f"{len(x_train)} digits" + (f", resuming after epoch {meta['epoch']}" if meta else ""))
+
+    tags = tracking.run_tags(f"train@{name}", {"objective": run.objective, "k": run.k})
+    with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), tags,
+                            run_id=resume_id) as log:
+        def on_epoch(logs):
+            log.metrics({k: v for k, v in logs.items() if k != "epoch"}, step=logs["epoch"])
+
+        result = train.train(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
+                             checkpoint_extra={"mlflow_run_id": log.run_id})
+        if log.run_id != resume_id:  # a fresh run: give it the epochs a checkpoint restored
+            for logs in result.history[:result.resumed_from]:
+                on_epoch(logs)
+
+        final = result.history[-1]
+        info = {"name": name, **run.as_flat_dict(), "epochs_trained": final["epoch"]}
+        with io.atomic_dir(out) as tmp:
+            models.save(tmp, result.encoder, result.decoder, info)
+            io.write_json(tmp / "mlflow.json", log.describe())
+        summary = {k: v for k, v in final.items() if k.startswith(("train_", "valid_"))}
+        summary.update(epochs=final["epoch"], seconds=sum(h["seconds"] for h in result.history),
+                       samples_per_s=result.samples_per_s)
+        io.write_json(metrics_path, summary)
+        columns = list(result.history[0])
+        io.write_text(curve_path, ",".join(columns) + "\n" + "".join(
+            ",".join(f"{h[c]:.6g}" for c in columns) + "\n" for h in result.history))
+        log.artifacts(out, "model")
+        log.artifact(curve_path)
+        log.metrics({"final_" + k: v for k, v in summary.items()})
+    ckpt.unlink(missing_ok=True)  # the outputs are safe; the checkpoint has done its job
+    print(f"train@{name}: valid bound {final['valid_bound']:.2f} nats, "
+          f"{summary['seconds']:.0f}s, {result.samples_per_s:,.0f} samples/s -> {out}")
+
+
+if __name__ == "__main__":
+    cli.run(main, "train")

@@ -1,0 +1,272 @@
+"""Measurements on a trained model: the numbers behind each of the article's claims.
+
+All on the fixed binarized test set, with fixed seeds, so every model sees the same bits and
+the same random numbers:
+- L_k for k in {1, 5, 50, ..., evaluate.k}: the importance-weighted bound (eq. 11) with k
+  posterior samples; NLL = -L_5000 as in Burda et al. 2015. All L_k come from ONE set of
+  evaluate.k log-weights per example: L_k is the mean of the IWAE bound over the
+  evaluate.k / k disjoint groups of k samples, which costs nothing extra and has lower
+  variance than a single group.
+- active units (Burda et al.): Cov_x(E_q[z_u]) > 0.01;
+- the width of q(z|x), and the spread of the one-sample ELBO next to the ELBO-NLL gap;
+- gradient signal-to-noise ratios (Rainforth et al. 2018) of encoder and decoder;
+- log p(x) estimated by sampling the prior (eq. 7) against sampling the posterior, same k.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from . import models
+from .config import EvaluateConfig
+from .objectives import OBJECTIVES, iwae, iwae_from_log_weights
+
+tfd = tfp.distributions
+
+ACTIVE_THRESHOLD = 1e-2  # Burda et al. 2015, section 5.2
+
+
+@dataclass
+class Loaded:
+    """A trained model read back from its folder: what every measurement needs."""
+
+    name: str
+    encoder: keras.Model
+    decoder: keras.Model
+    info: dict
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "Loaded":
+        enc, dec, info = models.load(folder)
+        return cls(Path(folder).name, enc, dec, info)
+
+    @property
+    def kind(self) -> str:
+        return self.info["model.decoder"]
+
+    @property
+    def latent(self) -> int:
+        return int(self.info["model.latent"])
+
+    def parts(self):
+        """(p_z, decode) for the objectives."""
+        return models.prior(self.latent), models.make_decode(self.decoder, self.kind)
+
+
+def test_inputs(test: dict, kind: str) -> np.ndarray:
+    """The evaluation data, float32 [N, 784]: the fixed bits `xb`, or grey values for a
+    Gaussian decoder."""
+    if kind == "gaussian":
+        return test["x"].reshape(len(test["x"]), -1).astype(np.float32) / 255.0
+    return test["xb"].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------
+# log-weights and the L_k family
+
+def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, seed: int):
+    """log w = log p(x|z) + log p(z) - log q(z|x) for k posterior samples per example,
+    float32 [k, N], computed `chunk` samples at a time so memory is bounded by
+    chunk * batch_size * 784 floats whatever k is. Also returns the analytic KL [N]."""
+    p_z, decode = m.parts()
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def chunk_fn(xb, s):
+        q = models.posterior(m.encoder, xb)
+        z = q.sample(chunk, seed=s)  # [chunk, B, latent]
+        return decode(z).log_prob(xb) + p_z.log_prob(z) - q.log_prob(z), tfd.kl_divergence(q, p_z)
+
+    out = np.empty((k, len(x)), np.float32)
+    kl = np.empty(len(x), np.float32)
+    for b, start in enumerate(range(0, len(x), batch_size)):
+        xb = tf.constant(x[start:start + batch_size])
+        for c, s0 in enumerate(range(0, k, chunk)):
+            lw, kl_b = chunk_fn(xb, tf.constant([seed, b * 100_003 + c]))
+            n = min(chunk, k - s0)
+            out[s0:s0 + n, start:start + len(xb)] = lw.numpy()[:n]
+        kl[start:start + len(xb)] = kl_b.numpy()
+    return out, kl
+
+
+def l_k(log_w: np.ndarray, k: int) -> np.ndarray:
+    """Mean IWAE_k bound [N] over the disjoint groups of k samples in log_w [K, N]."""
+    groups = log_w.shape[0] // k
+    if groups < 1:
+        raise ValueError(f"L_{k} needs at least {k} log-weights, got {log_w.shape[0]}")
+    grouped = log_w[:groups * k].reshape(groups, k, -1)  # [groups, k, N]
+    return iwae_from_log_weights(tf.constant(np.moveaxis(grouped, 1, 0))).numpy().mean(0)
+
+
+def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
+    """{k: mean over examples of L_k}."""
+    return {k: float(l_k(log_w, k).mean()) for k in ks if k <= log_w.shape[0]}
+
+
+# ---------------------------------------------------------------------------------------
+# the posterior
+
+def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
+    """Active units and the width of q(z|x) on them."""
+    loc, scale = (t.numpy() for t in m.encoder(tf.constant(x)))  # [N, latent] each
+    activity = loc.var(axis=0)  # Cov_x(E_q[z_u]) per unit u
+    active = activity > ACTIVE_THRESHOLD
+    widths = scale[:, active].ravel() if active.any() else np.array([np.nan])
+    return {
+        "active_units": int(active.sum()),
+        "activity": activity,
+        "posterior_std_active": widths,  # kept for the histogram
+        "posterior_std_median": float(np.median(widths)),
+        "posterior_std_q1": float(np.percentile(widths, 25)),
+        "posterior_std_q3": float(np.percentile(widths, 75)),
+        "posterior_std_all_median": float(np.median(scale)),
+    }
+
+
+def active_units(loc: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """Units u with Cov_x(E_q[z_u]) > threshold; loc [N, latent] = E_q[z|x] per example."""
+    return int((np.asarray(loc).var(axis=0) > threshold).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# gradient signal-to-noise ratio (Rainforth et al. 2018)
+
+def snr(samples_sum: np.ndarray, squares_sum: np.ndarray, n: int) -> np.ndarray:
+    """|mean| / std per parameter from running sums over n gradient draws."""
+    mean = samples_sum / n
+    var = np.maximum(squares_sum / n - mean**2, 0.0) * n / (n - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.abs(mean) / np.sqrt(var)
+    return out[np.isfinite(out)]
+
+
+def gradient_snr(m: Loaded, x: np.ndarray, k: int, repeats: int, seed: int) -> dict:
+    """For the fixed batch x, draw the IWAE_k gradient `repeats` times with fresh samples;
+    SNR per parameter, averaged over encoder and over decoder parameters."""
+    p_z, decode = m.parts()
+    enc_vars, dec_vars = m.encoder.trainable_variables, m.decoder.trainable_variables
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def grads(xb, s):
+        with tf.GradientTape() as tape:
+            q = models.posterior(m.encoder, xb)
+            loss = -tf.reduce_mean(iwae(xb, q, p_z, decode, k, s).bound)
+        g = tape.gradient(loss, enc_vars + dec_vars)
+        flat = lambda gs: tf.concat([tf.reshape(t, [-1]) for t in gs], 0)  # noqa: E731
+        return flat(g[:len(enc_vars)]), flat(g[len(enc_vars):])
+
+    xb = tf.constant(x)
+    sums = None
+    for r in range(repeats):
+        ge, gd = (t.numpy().astype(np.float64) for t in grads(xb, tf.constant([seed, r])))
+        if sums is None:
+            sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
+        sums[0] += ge
+        sums[1] += ge**2
+        sums[2] += gd
+        sums[3] += gd**2
+    return {"encoder": float(snr(sums[0], sums[1], repeats).mean()),
+            "decoder": float(snr(sums[2], sums[3], repeats).mean())}
+
+
+# ---------------------------------------------------------------------------------------
+# prior sampling (eq. 7) as an estimator of log p(x)
+
+def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int,
+                          seed: int) -> np.ndarray:
+    """log p(x|z_i) for k draws z_i ~ p(z) shared by all examples, as in eq. (7). [k, N].
+    Grouped like log-weights (`bound_ladder`), it gives eq. (7)'s estimate for every k."""
+    p_z, decode = m.parts()
+    z = p_z.sample(k, seed=tf.constant([seed, 7]))  # [k, latent]
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def chunk_fn(zc, xb):
+        return decode(zc[:, None, :]).log_prob(xb)  # [chunk, 1, 784] vs [B, 784] -> [chunk, B]
+
+    out = np.empty((k, len(x)), np.float32)
+    for start in range(0, len(x), batch_size):
+        xb = tf.constant(x[start:start + batch_size])
+        for s0 in range(0, k, chunk):
+            out[s0:s0 + chunk, start:start + len(xb)] = chunk_fn(z[s0:s0 + chunk], xb).numpy()
+    return out
+
+
+def own_bound(m: Loaded, x: np.ndarray, seed: int, batch_size: int = 100) -> float:
+    """The model's training objective (its own k) on x: the L it minimised."""
+    p_z, decode = m.parts()
+    objective = OBJECTIVES[m.info["objective"]]
+    k = int(m.info["k"])
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        xb = tf.constant(x[i:i + batch_size])
+        q = models.posterior(m.encoder, xb)
+        total += float(tf.reduce_sum(objective(xb, q, p_z, decode, k, tf.constant([seed, i])).bound))
+    return total / len(x)
+
+
+# ---------------------------------------------------------------------------------------
+
+def prior_samples(folder: str | Path, n: int, seed: int) -> np.ndarray:
+    """n digits from the model in `folder`: z ~ p(z), shown as E[x|z]. [n, 784] in [0, 1]."""
+    return prior_samples_of(Loaded.from_folder(folder), n, seed)
+
+
+def prior_samples_of(m: Loaded, n: int, seed: int) -> np.ndarray:
+    z = models.prior(m.latent).sample(n, seed=tf.constant([seed, 0]))  # [n, latent]
+    return models.decoder_mean(m.decoder, m.kind, z).numpy()
+
+
+def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
+    """E[x|z] at z = the posterior mean: what the model keeps of each digit. [N, 784]."""
+    loc, _ = m.encoder(tf.constant(x))
+    return models.decoder_mean(m.decoder, m.kind, loc).numpy()
+
+
+def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
+    """Every per-model measurement; arrays for the figures are under keys starting '_'."""
+    x = x[:cfg.n_test]
+    tic = time.perf_counter()
+    log_w, kl = log_weights(m, x, cfg.k, min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed)
+    seconds = time.perf_counter() - tic
+    ladder_ks = sorted({1, 5, 50, *cfg.prior_k, cfg.k})
+    ladder = bound_ladder(log_w, ladder_ks)
+    elbo = float(log_w.mean())  # L_1 averaged over all draws
+    nll = -ladder[cfg.k]
+    draws = log_w[:min(cfg.elbo_draws, cfg.k)]  # one-sample ELBOs (eq. 5), per example
+    post = posterior_stats(m, x)
+    out = {
+        "nll": nll,
+        "elbo": elbo,
+        **{f"L_{k}": v for k, v in ladder.items() if k in (1, 5, 50, cfg.k)},
+        "own_bound": own_bound(m, x, cfg.seed),
+        "rate": float(kl.mean()),
+        # E_q[log w] = E_q[log p(x|z)] - KL, so the expected reconstruction term follows.
+        "distortion": float(-(log_w.mean() + kl.mean())),
+        "gap_elbo_nll": float(-elbo - nll),
+        "elbo_std_one_sample": float(np.median(draws.std(axis=0, ddof=1))) if len(draws) > 1 else float("nan"),
+        "eval_seconds": seconds,
+        "eval_images_per_s": len(x) / seconds,
+        **{k: v for k, v in post.items() if not isinstance(v, np.ndarray)},
+        "_posterior_std_active": post["posterior_std_active"],
+        "_ladder": ladder,
+    }
+    out["loss_minus_nll"] = -out["own_bound"] - nll
+    snr_x = x[:min(100, len(x))]
+    for k in cfg.snr_k:
+        s = gradient_snr(m, snr_x, k, cfg.snr_repeats, cfg.seed)
+        out[f"snr_encoder_k{k}"] = s["encoder"]
+        out[f"snr_decoder_k{k}"] = s["decoder"]
+    prior_ks = [k for k in cfg.prior_k if k <= cfg.k]
+    prior = bound_ladder(
+        prior_log_likelihoods(m, x, max(prior_ks), min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed),
+        prior_ks)
+    out["_prior_vs_posterior"] = {k: (prior[k], ladder[k]) for k in prior_ks}
+    for k in prior_ks:
+        out[f"logpx_prior_k{k}"] = prior[k]
+        out[f"logpx_posterior_k{k}"] = ladder[k]
+    return out

@@ -1,0 +1,102 @@
+"""Pictures: digit grids and the report's plots, written as PNG files atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_file
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display in CI or on a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarray:
+    """[N, 784] or [N, 28, 28] values in [0, 1] -> one [H, W] image, row by row."""
+    images = np.asarray(images, dtype=np.float32).reshape(-1, 28, 28)
+    n = len(images)
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // cols)
+    out = np.ones((rows * (28 + pad) + pad, cols * (28 + pad) + pad), np.float32)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        out[pad + r * (28 + pad):pad + r * (28 + pad) + 28,
+            pad + c * (28 + pad):pad + c * (28 + pad) + 28] = img
+    return out
+
+
+def save_grid(path: str | Path, images: np.ndarray, cols: int | None = None) -> None:
+    plt = _pyplot()
+    with atomic_file(path) as f:
+        plt.imsave(f, grid(images, cols), cmap="gray_r", vmin=0.0, vmax=1.0, format="png")
+
+
+def save_figure(path: str | Path, fig) -> None:
+    plt = _pyplot()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def side_by_side(path, grids: dict[str, np.ndarray], title: str) -> None:
+    """One panel per model, each a digit grid: `grids` maps name -> [N, 784] in [0, 1]."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(3 * len(grids), 3.4), squeeze=False)
+    for ax, (name, images) in zip(axes[0], grids.items()):
+        ax.imshow(grid(images), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(name)
+        ax.axis("off")
+    fig.suptitle(title)
+    save_figure(path, fig)
+
+
+def reconstructions(path, original: np.ndarray, recons: dict[str, np.ndarray]) -> None:
+    """Top row the test digits, then one row per model."""
+    rows = {"test digits": original, **recons}
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(len(original) * 0.6, 0.75 * len(rows)),
+                             squeeze=False)
+    for ax, (name, images) in zip(axes[:, 0], rows.items()):
+        ax.imshow(grid(images, cols=len(images)), cmap="gray_r", vmin=0, vmax=1)
+        ax.set_ylabel(name, rotation=0, ha="right", va="center")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    save_figure(path, fig)
+
+
+def histograms(path, values: dict[str, np.ndarray], xlabel: str, title: str) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    finite = [v[np.isfinite(v)] for v in values.values()]
+    bins = np.linspace(0, max(1.0, max((v.max() for v in finite if v.size), default=1.0)), 41)
+    for (name, _), v in zip(values.items(), finite):
+        ax.hist(v, bins=bins, histtype="step", label=name, density=True)
+    ax.axvline(1.0, color="grey", ls="--", lw=1, label="prior std")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend()
+    save_figure(path, fig)
+
+
+def lines_vs_k(path, series: dict[str, dict[int, float]], ylabel: str, title: str,
+               logy: bool = False) -> None:
+    """series: label -> {k: value}; k on a log axis."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, pts in series.items():
+        ks = sorted(pts)
+        ax.plot(ks, [pts[k] for k in ks], marker="o", label=label)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("k (samples)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    save_figure(path, fig)
