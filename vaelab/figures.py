@@ -23,7 +23,8 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarra
     n = len(images)
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = -(-n // cols)
-    out = np.ones((rows * (28 + pad) + pad, cols * (28 + pad) + pad), np.float32)
+    # mid-grey padding separates tiles whatever the colour map
+    out = np.full((rows * (28 + pad) + pad, cols * (28 + pad) + pad), 0.5, np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
         out[pad + r * (28 + pad):pad + r * (28 + pad) + 28,

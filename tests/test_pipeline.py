@@ -1,0 +1,193 @@
+"""End to end: `dvc repro` on a tiny config in a fresh copy of the repo, then what a user
+sees: outputs, the MLflow store, no-op reruns, a one-branch rerun, tracking failures."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ("vae", "vae_mc", "iwae", "prior")
+
+TINY = {
+    "data": {"valid_size": 200, "test_size": 100},
+    "train": {"epochs": 2, "checkpoint_every": 1},
+    "models": {"vae": {"objective": "elbo_analytic", "k": 1},
+               "vae_mc": {"objective": "elbo_mc", "k": 1},
+               "iwae": {"objective": "iwae", "k": 3},
+               "prior": {"objective": "prior_mc", "k": 3, "epochs": 1}},
+    "evaluate": {"k": 20, "n_test": 40, "chunk": 10, "snr_k": [1, 5], "snr_repeats": 3,
+                 "elbo_draws": 10, "prior_k": [1, 10]},
+    "sample": {"n": 4},
+}
+
+
+def env_for(repo: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "DVC_"))}
+    # `python` in dvc.yaml's commands must be this interpreter (the venv's).
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def sh(repo: Path, *cmd, check=True, **env) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env_for(repo, **env),
+                         timeout=900)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def dvc(repo: Path, *args, **kw):
+    return sh(repo, sys.executable, "-m", "dvc", *args, **kw)
+
+
+def ran(out: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in out.stdout.splitlines()
+            if line.startswith("Running stage '")}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and k != "models" else v
+    return out
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A fresh clone-like copy: the committed and to-be-committed files, git init, tiny params."""
+    dest = tmp_path_factory.mktemp("clone") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / "dvc.lock").unlink(missing_ok=True)  # the default run's lock is not ours
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def first_run(repo):
+    return dvc(repo, "repro")
+
+
+def test_repro_runs_every_stage(repo, first_run):
+    expected = {"prepare", "evaluate", "sample", *(f"train@{n}" for n in NAMES)}
+    assert ran(first_run) == expected
+    assert "Traceback" not in first_run.stderr
+
+
+def test_outputs_exist_and_parse(repo, first_run):
+    prepared = repo / "data" / "prepared"
+    test = np.load(prepared / "test.npz")
+    assert test["x"].dtype == np.uint8 and test["x"].shape == (100, 28, 28)
+    assert test["xb"].shape == (100, 784) and set(np.unique(test["xb"])) <= {0, 1}
+    assert len(np.load(prepared / "train.npz")["y"]) == 5000 - 300
+    for n in NAMES:
+        folder = repo / "models" / n
+        for f in ("encoder.keras", "decoder.keras", "model.json", "mlflow.json"):
+            assert (folder / f).is_file(), f"{folder / f} missing"
+        info = json.loads((folder / "model.json").read_text())
+        assert info["objective"] == TINY["models"][n]["objective"]
+        tracked = json.loads((folder / "mlflow.json").read_text())
+        assert set(tracked) == {"run_id", "experiment_id", "tracking_uri"}
+        assert tracked["tracking_uri"] == f"sqlite:///{repo / 'mlflow.db'}"
+        train_metrics = json.loads((repo / "metrics" / "train" / f"{n}.json").read_text())
+        assert np.isfinite(train_metrics["valid_bound"]) and train_metrics["samples_per_s"] > 0
+        curve = (repo / "metrics" / "curves" / f"{n}.csv").read_text().splitlines()
+        assert curve[0].startswith("epoch,") and len(curve) == 1 + (1 if n == "prior" else 2)
+        assert (repo / "samples" / f"{n}.png").read_bytes()[:4] == b"\x89PNG"
+    ev = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert set(ev) == set(NAMES)
+    for r in ev.values():
+        assert r["nll"] > 0 and r["elbo"] <= -r["nll"] + 1e-3  # ELBO <= L_k
+        assert 0 <= r["active_units"] <= 50
+    report = (repo / "reports" / "report.md").read_text()
+    for i in range(1, 7):
+        assert f"### {i}." in report
+    assert report.count("**HOLDS**") + report.count("**DOES NOT HOLD**") \
+        + report.count("**NOT MEASURED**") == 6
+    for fig in ("samples", "reconstructions", "posterior_std", "snr", "prior_vs_posterior"):
+        assert (repo / "reports" / "figures" / f"{fig}.png").is_file()
+    assert not list((repo / ".checkpoints").glob("*.npz")), "finished runs keep no checkpoint"
+    assert not list(repo.rglob("*.tmp")), "no temporary file is left behind"
+
+
+def test_mlflow_store_has_one_complete_run_per_model(repo, first_run):
+    db = sqlite3.connect(repo / "mlflow.db")
+    runs = dict(db.execute("select name, run_uuid from runs where status = 'FINISHED'"))
+    assert set(runs) == set(NAMES)
+    assert db.execute("select count(*) from runs").fetchone()[0] == len(NAMES)
+    for name, run_id in runs.items():
+        params = dict(db.execute("select key, value from params where run_uuid = ?", (run_id,)))
+        assert params["objective"] == TINY["models"][name]["objective"]
+        assert params["k"] == str(TINY["models"][name]["k"])
+        assert "model.hidden" in params and "data.source" in params and "train.seed" in params
+        steps = {s for (s,) in db.execute(
+            "select step from metrics where run_uuid = ? and key = 'valid_bound'", (run_id,))}
+        assert steps == ({1} if name == "prior" else {1, 2}), "one point per epoch, step=epoch"
+        keys = {k for (k,) in db.execute("select key from latest_metrics where run_uuid = ?",
+                                         (run_id,))}
+        assert {"test_nll", "test_elbo", "test_active_units"} <= keys
+        tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)))
+        assert tags["dvc.stage"] == f"train@{name}" and tags["objective"]
+        assert tags.get("git_commit")
+    artifacts = repo / "mlruns"
+    for name, run_id in runs.items():
+        found = {p.name for p in artifacts.rglob("*") if run_id in str(p)}
+        assert {"encoder.keras", "decoder.keras", "model.json", "report.md",
+                f"{name}.png"} <= found, found
+
+
+def test_second_repro_runs_nothing(repo, first_run):
+    out = dvc(repo, "repro")
+    assert ran(out) == set()
+
+
+def test_changing_one_k_reruns_only_its_branch(repo, first_run):
+    # Runs after the no-op test (pytest keeps file order).
+    dvc(repo, "repro")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["models"]["iwae"]["k"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(repo, "repro")
+    assert ran(out) == {"train@iwae", "evaluate", "sample"}
+
+
+def test_unreachable_tracking_server_fails_fast_and_writes_nothing(repo, first_run):
+    out_dir = repo / "models" / "unreachable"
+    out = sh(repo, sys.executable, "stages/train.py", "--name", "vae", "--out", str(out_dir),
+             "--metrics", "m.json", "--curve", "c.csv", check=False,
+             MLFLOW_TRACKING_URI="http://127.0.0.1:9")
+    assert out.returncode == 2
+    assert "http://127.0.0.1:9" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not out_dir.exists() and not (repo / "m.json").exists()
+
+
+def test_tracking_uri_override(repo, first_run, tmp_path):
+    other = tmp_path / "other.db"
+    out = sh(repo, sys.executable, "stages/train.py", "--name", "prior",
+             "--out", str(tmp_path / "prior"), "--metrics", str(tmp_path / "m.json"),
+             "--curve", str(tmp_path / "c.csv"), MLFLOW_TRACKING_URI=f"sqlite:///{other}")
+    assert out.returncode == 0
+    db = sqlite3.connect(other)
+    assert [r for (r,) in db.execute("select name from runs")] == ["prior"]
+    tracked = json.loads((tmp_path / "prior" / "mlflow.json").read_text())
+    assert tracked["tracking_uri"] == f"sqlite:///{other}"
