@@ -52,7 +52,7 @@ def flops_per_example(hidden, latent: int, k: int, objective: str) -> float:
 
 
 def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: int,
-                hidden=(200, 200), latent: int = 50, jit: bool = True) -> dict:
+                hidden=(200, 200), latent: int = 50, jit: bool = False) -> dict:
     params = parse_params({
         "model": {"hidden": list(hidden), "latent": latent},
         "train": {"batch_size": batch_size, "jit": jit},
@@ -64,27 +64,30 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
     model = train.Model(run)
     opt = keras.optimizers.Adam(1e-3, epsilon=1e-4)
     opt.build(model.variables)
+    xs = tf.constant(np.random.default_rng(0).random((steps * batch_size, 784), np.float32))
     step = train.make_step(model, opt, dynamic=True, jit=jit)
-    x = tf.constant(np.random.default_rng(0).random((batch_size, 784), np.float32))
-    counter = iter(range(10**9))
+    counter = iter(range(0, 10**9, steps))
 
     def run_steps():
-        for _ in range(steps):
-            logs, _ = step(x, tf.constant([0, next(counter)]))
+        first = next(counter)
+        for i in range(steps):
+            logs, _ = step(xs[i * batch_size:(i + 1) * batch_size], tf.constant([0, first + i]))
         float(logs["bound"])  # wait for the last step
 
     run_steps()  # compile and warm up
     seconds = _median_time(run_steps, repeats)
     sps = steps * batch_size / seconds
-    return {"what": f"train {objective} k={k} batch={batch_size}", "samples_per_s": sps,
+    what = f"train {objective} k={k} batch={batch_size}"
+    return {"what": what, "samples_per_s": sps,
             "gflops": sps * flops_per_example(hidden, latent, k, objective) / 1e9}
 
 
-def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int) -> dict:
+def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
+               jit: bool = False) -> dict:
     params = parse_params({"models": {"m": {"objective": "elbo_analytic"}}})
     model = train.Model(params.models["m"])
     m = evaluate.Loaded("bench", model.encoder, model.decoder,
-                        {"model.decoder": "bernoulli", "model.latent": 50})
+                        {"model.decoder": "bernoulli", "model.latent": 50}, jit=jit)
     x = (np.random.default_rng(0).random((n_images, 784)) < 0.2).astype(np.float32)
     evaluate.log_weights(m, x[:batch_size], chunk, chunk, batch_size, 0)  # compile
     seconds = _median_time(lambda: evaluate.log_weights(m, x, k, chunk, batch_size, 0), repeats)
@@ -101,7 +104,9 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-images", type=int, default=100)
-    p.add_argument("--no-jit", action="store_true", help="time without XLA")
+    p.add_argument("--chunk", type=int, default=500, help="evaluate.chunk")
+    p.add_argument("--eval-batch", type=int, default=100, help="evaluate.batch_size")
+    p.add_argument("--jit", action="store_true", help="time with XLA (train.jit: true)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
 
@@ -112,11 +117,12 @@ def main(argv=None) -> dict:
     for bs in args.batch_size:
         for k in args.k:
             obj = "elbo_analytic" if k == 1 else args.objective
-            rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=not args.no_jit))
-    rows.append(bench_eval(args.eval_k, args.eval_images, 500, 100, max(1, args.repeats // 2)))
+            rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=args.jit))
+    rows.append(bench_eval(args.eval_k, args.eval_images, args.chunk, args.eval_batch,
+                           max(1, args.repeats // 2), jit=args.jit))
 
     print(f"devices: {', '.join(devices)}; {platform.processor() or platform.machine()}, "
-          f"TF {tf.__version__}, XLA {'off' if args.no_jit else 'on'}")
+          f"TF {tf.__version__}, XLA {'on' if args.jit else 'off'}")
     print(f"{'benchmark':<40} {'figure':>22} {'of matmul peak':>15}")
     for r in rows:
         if "samples_per_s" in r:
@@ -127,7 +133,7 @@ def main(argv=None) -> dict:
         else:
             fig, frac = f"{r['gflops']:,.0f} GFLOP/s", "100%"
         print(f"{r['what']:<40} {fig:>22} {frac:>15}")
-    out = {"devices": devices, "tensorflow": tf.__version__, "jit": not args.no_jit,
+    out = {"devices": devices, "tensorflow": tf.__version__, "jit": args.jit,
            "results": rows}
     if args.json:
         from .io import write_json

@@ -59,7 +59,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 10
-    jit: bool = True
+    jit: bool = False
 
 
 @dataclass(frozen=True)

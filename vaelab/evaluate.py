@@ -40,6 +40,7 @@ class Loaded:
     encoder: keras.Model
     decoder: keras.Model
     info: dict
+    jit: bool = False  # XLA: measured slower on the CPU (vaelab.bench), try it on a GPU
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Loaded":
@@ -58,6 +59,15 @@ class Loaded:
         """(p_z, decode) for the objectives."""
         return models.prior(self.latent), models.make_decode(self.decoder, self.kind)
 
+    def compiled(self, key, build):
+        """A tf.function made once per model and key, so repeated calls (batches, repeats,
+        the benchmark) reuse one trace instead of tracing again."""
+        cache = self.__dict__.setdefault("_compiled", {})
+        if key not in cache:
+            cache[key] = tf.function(build(*self.parts()), jit_compile=self.jit,
+                                     reduce_retracing=True)
+        return cache[key]
+
 
 def test_inputs(test: dict, kind: str) -> np.ndarray:
     """The evaluation data, float32 [N, 784]: the fixed bits `xb`, or grey values for a
@@ -74,14 +84,7 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     """log w = log p(x|z) + log p(z) - log q(z|x) for k posterior samples per example,
     float32 [k, N], computed `chunk` samples at a time so memory is bounded by
     chunk * batch_size * 784 floats whatever k is. Also returns the analytic KL [N]."""
-    p_z, decode = m.parts()
-
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def chunk_fn(xb, s):
-        q = models.posterior(m.encoder, xb)
-        z = q.sample(chunk, seed=s)  # [chunk, B, latent]
-        return decode(z).log_prob(xb) + p_z.log_prob(z) - q.log_prob(z), tfd.kl_divergence(q, p_z)
-
+    chunk_fn = m.compiled(("log_weights", chunk), lambda p_z, _: _log_weights_fn(m, p_z, chunk))
     out = np.empty((k, len(x)), np.float32)
     kl = np.empty(len(x), np.float32)
     for b, start in enumerate(range(0, len(x), batch_size)):
@@ -92,6 +95,16 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
             out[s0:s0 + n, start:start + len(xb)] = lw.numpy()[:n]
         kl[start:start + len(xb)] = kl_b.numpy()
     return out, kl
+
+
+def _log_weights_fn(m: Loaded, p_z, chunk):
+    def chunk_fn(xb, s):
+        q = models.posterior(m.encoder, xb)
+        z = q.sample(chunk, seed=s)  # [chunk, B, latent]
+        log_px_z = models.log_likelihood(m.decoder, m.kind, z, xb)  # [chunk, B]
+        return log_px_z + p_z.log_prob(z) - q.log_prob(z), tfd.kl_divergence(q, p_z)
+
+    return chunk_fn
 
 
 def l_k(log_w: np.ndarray, k: int) -> np.ndarray:
@@ -148,18 +161,20 @@ def snr(samples_sum: np.ndarray, squares_sum: np.ndarray, n: int) -> np.ndarray:
 def gradient_snr(m: Loaded, x: np.ndarray, k: int, repeats: int, seed: int) -> dict:
     """For the fixed batch x, draw the IWAE_k gradient `repeats` times with fresh samples;
     SNR per parameter, averaged over encoder and over decoder parameters."""
-    p_z, decode = m.parts()
     enc_vars, dec_vars = m.encoder.trainable_variables, m.decoder.trainable_variables
 
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def grads(xb, s):
-        with tf.GradientTape() as tape:
-            q = models.posterior(m.encoder, xb)
-            loss = -tf.reduce_mean(iwae(xb, q, p_z, decode, k, s).bound)
-        g = tape.gradient(loss, enc_vars + dec_vars)
-        flat = lambda gs: tf.concat([tf.reshape(t, [-1]) for t in gs], 0)  # noqa: E731
-        return flat(g[:len(enc_vars)]), flat(g[len(enc_vars):])
+    def build(p_z, decode):
+        def grads(xb, s):
+            with tf.GradientTape() as tape:
+                q = models.posterior(m.encoder, xb)
+                loss = -tf.reduce_mean(iwae(xb, q, p_z, decode, k, s).bound)
+            g = tape.gradient(loss, enc_vars + dec_vars)
+            flat = lambda gs: tf.concat([tf.reshape(t, [-1]) for t in gs], 0)  # noqa: E731
+            return flat(g[:len(enc_vars)]), flat(g[len(enc_vars):])
 
+        return grads
+
+    grads = m.compiled(("snr", k), build)
     xb = tf.constant(x)
     sums = None
     for r in range(repeats):
@@ -181,12 +196,10 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
                           seed: int) -> np.ndarray:
     """log p(x|z_i) for k draws z_i ~ p(z) shared by all examples, as in eq. (7). [k, N].
     Grouped like log-weights (`bound_ladder`), it gives eq. (7)'s estimate for every k."""
-    p_z, decode = m.parts()
-    z = p_z.sample(k, seed=tf.constant([seed, 7]))  # [k, latent]
-
-    @tf.function(jit_compile=True, reduce_retracing=True)
-    def chunk_fn(zc, xb):
-        return decode(zc[:, None, :]).log_prob(xb)  # [chunk, 1, 784] vs [B, 784] -> [chunk, B]
+    z = models.prior(m.latent).sample(k, seed=tf.constant([seed, 7]))  # [k, latent]
+    # [chunk, 1, 784] against [B, 784] broadcasts to [chunk, B]
+    chunk_fn = m.compiled(("prior", chunk), lambda p_z, decode: (
+        lambda zc, xb: models.log_likelihood(m.decoder, m.kind, zc[:, None, :], xb)))
 
     out = np.empty((k, len(x)), np.float32)
     for start in range(0, len(x), batch_size):

@@ -97,6 +97,22 @@ def make_decode(decoder: keras.Model, kind: str):
     return decode
 
 
+def log_likelihood(decoder: keras.Model, kind: str, z: tf.Tensor, x: tf.Tensor) -> tf.Tensor:
+    """log p(x|z) for z [..., latent], x broadcasting against [..., 784]: the evaluation's
+    hot path, equal to `make_decode(decoder, kind)(z).log_prob(x)`.
+
+    For Bernoulli logits l, log p(x|z) = sum_d x_d l_d - softplus(l_d): one softplus per
+    pixel where TFP's Bernoulli.log_prob evaluates two, 30% of L_5000's time on the CPU
+    (measured with `python -m vaelab.bench`; tests/test_speed.py checks they agree).
+    """
+    if kind != "bernoulli":
+        return make_decode(decoder, kind)(z).log_prob(x)
+    lead = tf.shape(z)[:-1]
+    logits = tf.reshape(decoder(tf.reshape(z, [-1, z.shape[-1]])),
+                        tf.concat([lead, [N_PIXELS]], 0))  # [..., 784]
+    return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
+
+
 def decoder_mean(decoder: keras.Model, kind: str, z: tf.Tensor) -> tf.Tensor:
     """E[x|z] [B, 784]: the picture a sample from the model shows."""
     out = decoder(z)

@@ -1,0 +1,58 @@
+"""Speed never changes results: every fast path agrees with its plain reference.
+
+(Speed itself is measured by `python -m vaelab.bench`, never asserted here.) XLA
+(`train.jit: true`) is the one lever that does change results: TF's stateless RNG picks
+another algorithm inside XLA, so a jit run draws different (equally valid) samples. It is
+off by default, and slower on CPUs anyway.
+"""
+from vaelab.quiet import silence_tf
+
+silence_tf()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from vaelab import evaluate, models  # noqa: E402
+from vaelab.config import ModelConfig  # noqa: E402
+from vaelab.objectives import iwae, posterior_log_weights  # noqa: E402
+
+
+def binary(shape, seed=0):
+    return (np.random.default_rng(seed).random(shape) < 0.3).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind,scale", [("bernoulli", "learned"), ("gaussian", "learned"),
+                                        ("gaussian", 0.2)])
+def test_fast_log_likelihood_equals_tfp_log_prob(kind, scale):
+    keras.utils.set_random_seed(1)
+    dec = models.build_decoder(ModelConfig(latent=4, hidden=(16,), decoder=kind,
+                                           decoder_scale=scale))
+    z = tf.random.stateless_normal([7, 5, 4], seed=[0, 1])  # [k, B, latent]
+    # large logits too: the identity must not lose precision where softplus saturates
+    z = tf.concat([z, 30.0 * z[:1]], 0)
+    x = tf.constant(binary((5, 784)))
+    fast = models.log_likelihood(dec, kind, z, x)
+    reference = models.make_decode(dec, kind)(z).log_prob(x)
+    assert fast.shape == reference.shape == (8, 5)
+    np.testing.assert_allclose(fast.numpy(), reference.numpy(), rtol=1e-5, atol=1e-3)
+
+
+def test_chunked_log_weights_equal_the_objectives_log_weights():
+    keras.utils.set_random_seed(2)
+    cfg = ModelConfig(latent=3, hidden=(12,))
+    m = evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
+                        {"model.decoder": "bernoulli", "model.latent": 3})
+    x = binary((6, 784), seed=3)
+    chunk = 4
+    fast, kl = evaluate.log_weights(m, x, k=chunk, chunk=chunk, batch_size=6, seed=5)
+    p_z, decode = m.parts()
+    xb = tf.constant(x)
+    q = models.posterior(m.encoder, xb)
+    # evaluate.log_weights seeds batch 0, chunk 0 with [seed, 0]
+    lp, lz, lq = posterior_log_weights(xb, q, p_z, decode, chunk, tf.constant([5, 0]))
+    np.testing.assert_allclose(fast, (lp + lz - lq).numpy(), rtol=1e-5, atol=1e-3)
+    # and L_k from them is the objective's IWAE bound on the same samples
+    ref_iwae = iwae(xb, q, p_z, decode, chunk, tf.constant([5, 0])).bound.numpy()
+    np.testing.assert_allclose(evaluate.l_k(fast, chunk), ref_iwae, rtol=1e-5, atol=1e-3)
