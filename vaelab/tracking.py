@@ -23,9 +23,19 @@ class TrackingError(UserError, RuntimeError):
 
 
 def repo_root() -> Path:
-    """DVC_ROOT when DVC runs us; else the nearest folder above the cwd holding .dvc/."""
+    """DVC_ROOT when DVC runs us; else the nearest folder above the cwd holding .dvc/.
+
+    `dvc exp run --temp` and queued experiments run in a copy under
+    `<repo>/.dvc/tmp/exps/...` and set DVC_ROOT to that copy; the store and the
+    checkpoints belong to the real repo, so such a root is mapped back to `<repo>`.
+    """
     if os.environ.get("DVC_ROOT"):
-        return Path(os.environ["DVC_ROOT"]).resolve()
+        root = Path(os.environ["DVC_ROOT"]).resolve()
+        parts = root.parts
+        for i in range(len(parts) - 3):
+            if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+                return Path(*parts[:i])
+        return root
     here = Path.cwd().resolve()
     for folder in (here, *here.parents):
         if (folder / ".dvc").is_dir():
