@@ -1,0 +1,171 @@
+"""Each evaluation metric on a case whose answer is known, and the report's verdicts as
+functions of the numbers."""
+from vaelab.quiet import silence_tf
+
+silence_tf()
+
+import copy  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vaelab import evaluate, models, report  # noqa: E402
+from vaelab.config import EvaluateConfig, ModelConfig  # noqa: E402
+
+
+def loaded(latent=6, hidden=(16,), seed=0):
+    keras.utils.set_random_seed(seed)
+    cfg = ModelConfig(latent=latent, hidden=hidden)
+    return evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
+                           {"model.decoder": "bernoulli", "model.latent": latent,
+                            "objective": "iwae", "k": 3})
+
+
+def binary(n, seed=0):
+    return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
+
+
+def test_active_units_counts_units_whose_mean_varies_across_x():
+    rng = np.random.default_rng(0)
+    loc = np.zeros((1000, 5))
+    loc[:, 0] = rng.normal(0, 1.0, 1000)  # variance 1: active
+    loc[:, 1] = rng.normal(0, 0.2, 1000)  # variance 0.04: active
+    loc[:, 2] = rng.normal(0, 0.05, 1000)  # variance 0.0025: inactive
+    loc[:, 3] = 3.0  # constant: dead
+    loc[:, 4] = rng.normal(0, 0.01, 1000)  # inactive
+    assert evaluate.active_units(loc) == 2
+
+
+def test_posterior_stats_sees_dead_dimensions_of_a_real_encoder():
+    m = loaded(latent=6)
+    layer = m.encoder.get_layer("loc")
+    kernel, bias = layer.get_weights()
+    kernel[:, :2] *= 50.0  # units 0, 1 respond strongly to x
+    kernel[:, 2:] = 0.0  # units 2..5: E_q[z_u] is the bias whatever x is
+    layer.set_weights([kernel, bias])
+    stats = evaluate.posterior_stats(m, binary(300))
+    assert stats["active_units"] == 2
+    assert stats["posterior_std_active"].size == 300 * 2
+
+
+def test_snr_of_a_toy_estimator_with_known_mean_and_std():
+    rng = np.random.default_rng(1)
+    mean = np.array([2.0, -1.0, 0.5, 0.0])
+    std = np.array([1.0, 4.0, 0.1, 1.0])
+    draws = rng.normal(mean, std, size=(20000, 4))
+    s = evaluate.snr(draws.sum(0), (draws**2).sum(0), len(draws))
+    np.testing.assert_allclose(s, np.abs(mean) / std, atol=0.03)
+
+
+def test_l_k_rises_with_k_towards_the_log_mean_weight():
+    # log w ~ N(0, 1): E[w] = e^{1/2}, so log p(x) = 0.5 and L_k -> 0.5 from below.
+    log_w = np.random.default_rng(2).normal(0.0, 1.0, size=(10000, 50)).astype(np.float32)
+    ladder = evaluate.bound_ladder(log_w, [1, 10, 100, 1000, 10000])
+    values = [ladder[k] for k in sorted(ladder)]
+    assert all(b > a for a, b in zip(values, values[1:])), values
+    assert abs(values[0] - 0.0) < 0.05  # L_1 is the mean log-weight
+    assert 0.5 - values[-1] < 0.5 - values[1]
+    assert values[-1] < 0.5 + 0.05
+
+
+def test_l_k_needs_enough_samples():
+    with pytest.raises(ValueError, match="L_10"):
+        evaluate.l_k(np.zeros((5, 3), np.float32), 10)
+
+
+def test_log_weights_chunking_keeps_the_bound_ladder_consistent():
+    m = loaded()
+    x = binary(8, seed=3)
+    log_w, kl = evaluate.log_weights(m, x, k=40, chunk=16, batch_size=5, seed=0)
+    assert log_w.shape == (40, 8) and kl.shape == (8,)
+    assert np.all(np.isfinite(log_w)) and np.all(kl >= 0)
+    ladder = evaluate.bound_ladder(log_w, [1, 5, 40])
+    assert ladder[1] <= ladder[5] + 1e-3 and ladder[5] <= ladder[40] + 1.0
+
+
+def test_prior_log_likelihoods_share_samples_and_shape():
+    m = loaded()
+    x = binary(6, seed=4)
+    ll = evaluate.prior_log_likelihoods(m, np.concatenate([x[:1], x[:1]]), k=30, chunk=7,
+                                        batch_size=1, seed=0)
+    assert ll.shape == (30, 2)
+    np.testing.assert_allclose(ll[:, 0], ll[:, 1], rtol=1e-6)  # same z for every example
+
+
+def test_evaluate_model_returns_every_metric():
+    m = loaded()
+    cfg = EvaluateConfig(k=20, n_test=10, chunk=10, batch_size=5, snr_k=(1, 5), snr_repeats=3,
+                         elbo_draws=5, prior_k=(1, 10))
+    r = evaluate.evaluate_model(m, binary(12), cfg)
+    for key in ("nll", "elbo", "L_1", "L_5", "L_20", "own_bound", "rate", "distortion",
+                "active_units", "posterior_std_median", "elbo_std_one_sample", "gap_elbo_nll",
+                "snr_encoder_k1", "snr_decoder_k5", "logpx_prior_k10", "eval_images_per_s"):
+        assert key in r, key
+    assert r["elbo"] <= -r["nll"] + 1e-3
+    assert r["L_1"] <= r["L_5"] + 1e-3
+
+
+# ---------------------------------------------------------------------------------------
+# report: verdicts computed from numbers
+
+def fake_results():
+    base = {"nll": 100.0, "elbo": -106.0, "own_bound": -106.0, "rate": 20.0, "distortion": 86.0,
+            "gap_elbo_nll": 6.0, "elbo_std_one_sample": 2.0, "active_units": 15,
+            "posterior_std_median": 0.05, "posterior_std_q1": 0.03, "posterior_std_q3": 0.08,
+            "eval_images_per_s": 70.0, "loss_minus_nll": 6.0,
+            "snr_encoder_k1": 1.0, "snr_encoder_k5": 0.8, "snr_encoder_k50": 0.5,
+            "snr_decoder_k1": 3.0, "snr_decoder_k5": 4.0, "snr_decoder_k50": 6.0,
+            "_prior_vs_posterior": {1: (-300.0, -106.0), 5000: (-150.0, -100.0)}}
+    results = {n: copy.deepcopy(base) for n in ("vae", "vae_mc", "iwae", "prior")}
+    results["vae_mc"]["nll"] = 100.5
+    results["iwae"].update(nll=97.0, gap_elbo_nll=9.0, active_units=18, own_bound=-99.0,
+                           loss_minus_nll=2.0)
+    results["prior"].update(nll=140.0, own_bound=-150.0, loss_minus_nll=10.0)
+    infos = {"vae": {"objective": "elbo_analytic", "k": 1}, "vae_mc": {"objective": "elbo_mc", "k": 1},
+             "iwae": {"objective": "iwae", "k": 50}, "prior": {"objective": "prior_mc", "k": 50}}
+    return results, infos
+
+
+def verdicts(results, infos):
+    return {c.number: c.verdict for c in report.all_claims(results, infos, (1, 5, 50))}
+
+
+def test_every_claim_holds_on_numbers_that_show_it():
+    assert set(verdicts(*fake_results()).values()) == {report.HOLDS}
+
+
+@pytest.mark.parametrize("claim,change", [
+    (1, lambda r: r["vae_mc"].update(nll=110.0, own_bound=-115.0)),
+    (2, lambda r: r["prior"].update(nll=101.0)),
+    (3, lambda r: r["vae"].update(posterior_std_median=0.9)),
+    (4, lambda r: r["iwae"].update(nll=101.0, own_bound=-103.0)),
+    (5, lambda r: r["iwae"].update(snr_encoder_k50=2.0)),
+    (6, lambda r: r["iwae"].update(own_bound=-90.0)),
+])
+def test_a_verdict_flips_when_its_numbers_do(claim, change):
+    results, infos = fake_results()
+    change(results)
+    v = verdicts(results, infos)
+    assert v[claim] == report.FAILS
+    assert all(verdict == report.HOLDS for n, verdict in v.items() if n != claim)
+
+
+def test_claims_without_the_models_they_need_are_not_measured():
+    results, infos = fake_results()
+    for name in ("iwae", "vae_mc"):
+        del results[name], infos[name]
+    v = verdicts(results, infos)
+    assert v[1] == v[4] == v[5] == report.UNMEASURED
+
+
+def test_report_renders_every_claim_and_table():
+    results, infos = fake_results()
+    claims = report.all_claims(results, infos, (1, 5, 50))
+    text = report.render(results, infos, claims, {
+        "k": 5000, "source": "mnist5k", "n_train": 4000, "n_test": 500, "snr_k": (1, 5, 50),
+        "prior_vs_posterior": ("vae", results["vae"]["_prior_vs_posterior"]),
+        "figures": [("Samples", "samples.png")]})
+    for c in claims:
+        assert f"### {c.number}. {c.title}: **{c.verdict}**" in text
+    assert "| iwae | iwae | 50 |" in text and "86.76" in text and "figures/samples.png" in text
