@@ -40,8 +40,13 @@ def main():
     tags = tracking.run_tags(f"train@{name}", {"objective": run.objective, "k": run.k})
     with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), tags,
                             run_id=resume_id) as log:
+        # Epochs past the checkpoint that the killed run had logged already are trained
+        # again (to the same values) but not logged twice.
+        logged = log.last_step("valid_bound") if log.run_id == resume_id else 0
+
         def on_epoch(logs):
-            log.metrics({k: v for k, v in logs.items() if k != "epoch"}, step=logs["epoch"])
+            if logs["epoch"] > logged:
+                log.metrics({k: v for k, v in logs.items() if k != "epoch"}, step=logs["epoch"])
 
         result = train.train(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
                              checkpoint_extra={"mlflow_run_id": log.run_id})
@@ -50,7 +55,11 @@ def main():
                 on_epoch(logs)
 
         final = result.history[-1]
-        info = {"name": name, **run.as_flat_dict(), "epochs_trained": final["epoch"]}
+        every = max(1, len(result.history) // 10)
+        info = {"name": name, **run.as_flat_dict(), "epochs_trained": final["epoch"],
+                # how the posterior narrowed, for the report: [epoch, median std] pairs
+                "posterior_std_by_epoch": [[h["epoch"], h["valid_posterior_std"]]
+                                           for h in result.history[every - 1::every]]}
         with io.atomic_dir(out) as tmp:
             models.save(tmp, result.encoder, result.decoder, info)
             io.write_json(tmp / "mlflow.json", log.describe())

@@ -108,6 +108,11 @@ def claim_3(results, infos) -> Claim:
                     f"{r['active_units']} active units; one-sample ELBO std "
                     f"{r['elbo_std_one_sample']:.2f} vs gap {r['gap_elbo_nll']:.2f} nats")
         ok &= r["posterior_std_median"] < 0.1 and r["elbo_std_one_sample"] < r["gap_elbo_nll"]
+        trace = infos[n].get("posterior_std_by_epoch")
+        if trace and len(trace) > 1:
+            rows[-1] += (" (over training, on the valid set: " + ", ".join(
+                f"epoch {e}: {v:.3f}" for e, v in (trace[0], trace[len(trace) // 2], trace[-1]))
+                + ")")
     return Claim(3, title, rule, "; ".join(rows), HOLDS if ok else FAILS)
 
 

@@ -60,9 +60,15 @@ def connect(experiment: str):
     # An HTTP store otherwise retries with backoff for minutes before giving up.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    import logging
+
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    # Creating a fresh sqlite store logs INFO lines about its tables on stderr; a stage
+    # prints its own one-line summary instead.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         folder = Path(uri[len("sqlite:///"):]).parent
@@ -174,6 +180,12 @@ class RunLogger:
 
     def artifacts(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(path), folder)
+
+    def last_step(self, key: str) -> int:
+        """The highest step logged for metric `key` (0 if none): what a killed run already
+        recorded, so a resumed run does not log those epochs twice."""
+        history = self.client.get_metric_history(self.run_id, key)
+        return max((m.step for m in history), default=0)
 
     def tag(self, key: str, value) -> None:
         self.client.set_tag(self.run_id, key, str(value))

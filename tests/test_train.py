@@ -1,0 +1,505 @@
+"""Training as a pure function of its config: determinism on the CPU, resume == never
+interrupted (in-process and through the real stage script killed with SIGKILL), divergence
+and params mistakes as one-line errors, atomic outputs, damaged prepared data."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vaelab.quiet import silence_tf
+
+silence_tf()
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import yaml  # noqa: E402
+
+from vaelab import data as vdata  # noqa: E402
+from vaelab import io as vio  # noqa: E402
+from vaelab import train as vtrain  # noqa: E402
+from vaelab.config import DataConfig, parse_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {"latent": 5, "hidden": [20]}
+
+
+# ---------------------------------------------------------------------------------------
+# helpers (in-process)
+
+@pytest.fixture(scope="module")
+def digits():
+    """~600 train / 100 valid real digits, uint8 [N, 28, 28]."""
+    x, _ = vdata.load_source("mnist5k")
+    return x[:600], x[600:700]
+
+
+def tiny_run(**train_over):
+    params = parse_params({
+        "model": TINY_MODEL,
+        "train": {"epochs": 2, "batch_size": 50, **train_over},
+        "models": {"vae": {"objective": "elbo_analytic", "k": 1}},
+    })
+    return params.models["vae"]
+
+
+def quiet() -> vtrain.Progress:
+    return vtrain.Progress("vae", 1, io.StringIO())
+
+
+def weights(result) -> list[np.ndarray]:
+    return result.encoder.get_weights() + result.decoder.get_weights()
+
+
+def bounds(history: list[dict]) -> list[dict]:
+    """Everything in the history but the wall-clock figures."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "samples_per_s")}
+            for h in history]
+
+
+def all_equal(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and np.array_equal(x, y)
+                                    for x, y in zip(a, b))
+
+
+class Stop(Exception):
+    """Stands for a kill between two epochs."""
+
+
+# ---------------------------------------------------------------------------------------
+# 1. determinism
+
+def test_same_config_gives_identical_weights_and_history(digits):
+    x_train, x_valid = digits
+    run = tiny_run()
+    a = vtrain.train(run, x_train, x_valid, progress=quiet())
+    b = vtrain.train(run, x_train, x_valid, progress=quiet())
+    assert len(a.history) == len(b.history) == 2
+    assert all_equal(weights(a), weights(b)), "two runs of one config differ"
+    assert bounds(a.history) == bounds(b.history)
+    assert all(np.isfinite(h["valid_bound"]) for h in a.history)
+    # It did train: the weights are not the initial ones.
+    init = vtrain.Model(run)
+    assert not all_equal(weights(a), init.encoder.get_weights() + init.decoder.get_weights())
+
+
+def test_different_seed_gives_different_weights(digits):
+    x_train, x_valid = digits
+    a = vtrain.train(tiny_run(seed=0), x_train, x_valid, progress=quiet())
+    b = vtrain.train(tiny_run(seed=1), x_train, x_valid, progress=quiet())
+    wa, wb = weights(a), weights(b)
+    assert [w.shape for w in wa] == [w.shape for w in wb]
+    assert not any(np.array_equal(x, y) for x, y in zip(wa, wb) if x.size > 1 and x.any())
+    assert bounds(a.history) != bounds(b.history)
+
+
+def test_checkpoint_key_follows_the_config():
+    assert vtrain.checkpoint_key(tiny_run()) == vtrain.checkpoint_key(tiny_run())
+    assert vtrain.checkpoint_key(tiny_run()).startswith("vae-")
+    assert vtrain.checkpoint_key(tiny_run()) != vtrain.checkpoint_key(tiny_run(learning_rate=0.01))
+    assert vtrain.checkpoint_key(tiny_run()) != vtrain.checkpoint_key(tiny_run(epochs=3))
+
+
+# ---------------------------------------------------------------------------------------
+# 2. resume == uninterrupted (in-process)
+
+def test_resume_from_checkpoint_equals_uninterrupted(digits, tmp_path):
+    x_train, x_valid = digits
+    run = tiny_run(epochs=4, checkpoint_every=2)
+    ckpt = tmp_path / "ckpt" / "vae.npz"
+
+    def stop_at_3(logs):
+        if logs["epoch"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        vtrain.train(run, x_train, x_valid, on_epoch=stop_at_3, checkpoint=ckpt,
+                     checkpoint_extra={"note": "x"}, progress=quiet())
+    meta = vtrain.checkpoint_meta(ckpt)
+    assert meta["epoch"] == 2 and meta["note"] == "x"
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert not list(ckpt.parent.glob("*.tmp")), "checkpoint temp file left behind"
+
+    seen = []
+    resumed = vtrain.train(run, x_train, x_valid, on_epoch=lambda logs: seen.append(logs["epoch"]),
+                           checkpoint=ckpt, progress=quiet())
+    assert resumed.resumed_from == 2
+    assert seen == [3, 4], "only the missing epochs are trained"
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert vtrain.checkpoint_meta(ckpt)["epoch"] == 4  # the last epoch is always saved
+
+    straight = vtrain.train(run, x_train, x_valid, progress=quiet())
+    assert resumed.resumed_from != straight.resumed_from == 0
+    assert all_equal(weights(resumed), weights(straight)), "resumed run is not bit-exact"
+    assert bounds(resumed.history) == bounds(straight.history)
+
+
+def test_injected_nan_stops_with_last_good_checkpoint_kept(digits, tmp_path, monkeypatch):
+    """A NaN batch in epoch 3: NonFiniteError naming epoch 3, the weights stay finite, the
+    checkpoint on disk is still the one of epoch 2."""
+    x_train, x_valid = digits
+    run = tiny_run(epochs=4, checkpoint_every=1)
+    run = dataclasses.replace(run, data=dataclasses.replace(run.data, binarize="static"))
+    steps_per_epoch = -(-len(x_train) // run.train.batch_size)
+    poison_at = 2 * steps_per_epoch + 4  # the 4th call of epoch 3
+    real_make_step = vtrain.make_step
+    seen = {}
+
+    def make_step(model, optimizer, dynamic, jit):
+        step = real_make_step(model, optimizer, dynamic, jit)
+        seen["model"] = model
+        calls = [0]
+
+        def poisoned(x, seed):
+            calls[0] += 1
+            if calls[0] == poison_at:
+                x = x * tf.constant(np.nan, tf.float32)
+            return step(x, seed)
+
+        return poisoned
+
+    monkeypatch.setattr(vtrain, "make_step", make_step)
+    ckpt = tmp_path / "vae.npz"
+    with pytest.raises(vtrain.NonFiniteError) as err:
+        vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
+    msg = str(err.value)
+    assert f"epoch 3, step 4/{steps_per_epoch}" in msg and "'vae'" in msg
+    assert "learning_rate" in msg and "\n" not in msg
+    assert vtrain.checkpoint_meta(ckpt)["epoch"] == 2
+    model = seen["model"]
+    assert all(np.all(np.isfinite(w)) for w in model.encoder.get_weights()
+               + model.decoder.get_weights()), "a NaN reached the weights"
+
+    # The kept checkpoint resumes the run: without the poison it ends where an
+    # uninterrupted run ends.
+    monkeypatch.setattr(vtrain, "make_step", real_make_step)
+    resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
+    straight = vtrain.train(run, x_train, x_valid, progress=quiet())
+    assert resumed.resumed_from == 2
+    assert all_equal(weights(resumed), weights(straight))
+
+
+# ---------------------------------------------------------------------------------------
+# helpers (stage scripts in a temp copy of the repo; copied from test_pipeline's approach)
+
+STAGE_PARAMS = {
+    "data": {"valid_size": 100, "test_size": 100},
+    "model": TINY_MODEL,
+    # batch 20: ~240 small steps per epoch, slow enough (~0.5 s) to kill mid-run
+    "train": {"epochs": 6, "batch_size": 20, "checkpoint_every": 1},
+    "models": {"vae": {"objective": "elbo_analytic", "k": 1}},
+}
+
+
+def env_for(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and k != "models" else v
+    return out
+
+
+def make_repo(dest: Path, over: dict) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    (dest / ".dvc").mkdir(exist_ok=True)  # repo_root() looks for it
+    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def stage(repo: Path, script: str, *args, check=True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, f"stages/{script}.py", *args], cwd=repo,
+                         capture_output=True, text=True, env=env_for(), timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{script} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def prepared_repo(dest: Path, over: dict = STAGE_PARAMS) -> Path:
+    repo = make_repo(dest, over)
+    stage(repo, "prepare")
+    return repo
+
+
+def model_weights(folder: Path) -> list[np.ndarray]:
+    return (keras.saving.load_model(folder / "encoder.keras").get_weights()
+            + keras.saving.load_model(folder / "decoder.keras").get_weights())
+
+
+def runs(repo: Path) -> list[tuple]:
+    db = repo / "mlflow.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        return con.execute("select name, status, run_uuid from runs").fetchall()
+
+
+def metric_rows(repo: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    with sqlite3.connect(repo / "mlflow.db") as con:
+        return con.execute("select step, value from metrics where run_uuid = ? and key = ? "
+                           "order by step", (run_id, key)).fetchall()
+
+
+def curve(repo: Path, columns=("epoch", "train_bound", "valid_bound")) -> list[list[str]]:
+    lines = (repo / "metrics" / "curves" / "vae.csv").read_text().splitlines()
+    head = lines[0].split(",")
+    keep = [head.index(c) for c in columns]
+    return [[row.split(",")[i] for i in keep] for row in lines[1:]]
+
+
+def logged_steps(repo: Path) -> int:
+    """The last epoch the running stage has logged to MLflow (0 before any)."""
+    if not (repo / "mlflow.db").exists():
+        return 0
+    try:
+        with sqlite3.connect(repo / "mlflow.db", timeout=1) as db:
+            row = db.execute("select max(step) from metrics where key = 'valid_bound'").fetchone()
+    except sqlite3.Error:  # tables not created yet, or locked for a moment
+        return 0
+    return row[0] or 0
+
+
+def checkpoints(repo: Path) -> list[Path]:
+    return sorted((repo / ".checkpoints").glob("*.npz"))
+
+
+# ---------------------------------------------------------------------------------------
+# 3. SIGKILL and resume through the real stage script
+
+def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path):
+    epochs = STAGE_PARAMS["train"]["epochs"]
+    # The reference: the same stage, never interrupted, in its own copy.
+    # Checkpoints every 3 epochs, and the kill comes once epoch 4 is logged: the resumed run
+    # retrains epoch 4 (and 5, if logged too) and must not log them a second time.
+    params = merge(STAGE_PARAMS, {"train": {"checkpoint_every": 3}})
+    ref = prepared_repo(tmp_path / "ref", params)
+    stage(ref, "train", "--name", "vae")
+    ref_weights = model_weights(ref / "models" / "vae")
+
+    repo = prepared_repo(tmp_path / "killed", params)
+    proc = subprocess.Popen([sys.executable, "stages/train.py", "--name", "vae"], cwd=repo,
+                            env=env_for(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 300
+        meta = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = checkpoints(repo)
+            meta = vtrain.checkpoint_meta(found[0]) if found else None
+            if meta and meta["epoch"] >= 3 and logged_steps(repo) >= 4:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert rc == -signal.SIGKILL, f"the stage was not killed mid-run (rc {rc}):\n{stderr}"
+    assert meta is not None and meta["epoch"] == 3
+    assert not (repo / "models" / "vae").exists(), "a killed run wrote its model"
+    [ckpt] = checkpoints(repo)
+    killed_at = vtrain.checkpoint_meta(ckpt)["epoch"]
+    assert killed_at == 3
+    [(name, status, run_id)] = runs(repo)
+    assert (name, status) == ("vae", "RUNNING")  # SIGKILL cannot be caught
+    assert vtrain.checkpoint_meta(ckpt)["mlflow_run_id"] == run_id
+
+    out = stage(repo, "train", "--name", "vae")
+    assert f"resuming after epoch {killed_at}" in out.stdout
+    assert "Traceback" not in out.stderr
+
+    got = model_weights(repo / "models" / "vae")
+    assert all_equal(got, ref_weights), "resumed stage is not bit-exact"
+    assert curve(repo) == curve(ref)
+    assert not checkpoints(repo), "the checkpoint outlived a successful run"
+    assert not list(repo.rglob("*.tmp"))
+
+    assert runs(repo) == [("vae", "FINISHED", run_id)], "the resumed run must continue the killed one"
+    info = json.loads((repo / "models" / "vae" / "mlflow.json").read_text())
+    assert info["run_id"] == run_id
+    rows = metric_rows(repo, run_id, "valid_bound")
+    steps = [s for s, _ in rows]
+    assert set(steps) == set(range(1, epochs + 1)), steps
+    assert sorted(steps) == list(range(1, epochs + 1)), f"each epoch logged once: {steps}"
+    [(_, _, ref_run)] = runs(ref)
+    assert [v for _, v in metric_rows(ref, ref_run, "valid_bound")] \
+        == [v for s, v in sorted(dict(rows).items())]
+
+
+# ---------------------------------------------------------------------------------------
+# 4. divergence through the stage script
+
+def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path):
+    # 1e18 and above overflow this model within the first steps (measured); 1e30 leaves
+    # a wide margin across CPUs.
+    repo = prepared_repo(tmp_path / "nan", merge(STAGE_PARAMS, {"train": {"learning_rate": 1.0e30}}))
+    out = stage(repo, "train", "--name", "vae", check=False)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    line = lines[0]
+    assert line.startswith("train: error: ")
+    for word in ("vae", "epoch", "step", "learning rate", "learning_rate=1e+30"):
+        assert word in line, (word, line)
+    assert not (repo / "models" / "vae").exists()
+    assert not (repo / "metrics" / "train" / "vae.json").exists()
+    assert [(n, s) for n, s, _ in runs(repo)] == [("vae", "FAILED")]
+    epoch = int(re.search(r"epoch (\d+)", line).group(1))
+    found = checkpoints(repo)
+    if epoch == 1:
+        assert found == [], "no good epoch, so no checkpoint"
+    else:  # checkpoint_every 1: the last good epoch is kept
+        assert [vtrain.checkpoint_meta(p)["epoch"] for p in found] == [epoch - 1]
+
+
+# ---------------------------------------------------------------------------------------
+# 5. params mistakes through the stage script
+
+@pytest.mark.parametrize("entry, expect", [
+    ({"objective": "elbo_analytic", "k": 0}, r"models\.vae\.k: must be a positive integer, got 0"),
+    ({"objective": "elbo_analitic", "k": 1}, r"models\.vae\.objective: .*did you mean 'elbo_analytic'"),
+])
+def test_params_mistake_exits_2_before_any_run(tmp_path, entry, expect):
+    repo = make_repo(tmp_path / "bad", merge(STAGE_PARAMS, {"models": {"vae": entry}}))
+    out = stage(repo, "train", "--name", "vae", check=False)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()  # fails before MLflow is touched: no log lines
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert lines[0].startswith("train: error: params.yaml: models.vae.")
+    assert re.search(expect, lines[0]), lines[0]
+    assert runs(repo) == []
+    assert not (repo / "models").exists() and not checkpoints(repo)
+
+
+# ---------------------------------------------------------------------------------------
+# 6. atomic outputs
+
+class Boom(Exception):
+    pass
+
+
+def test_atomic_file_keeps_old_content_when_the_writer_fails(tmp_path):
+    path = tmp_path / "out.json"
+    path.write_text("old")
+    with pytest.raises(Boom):
+        with vio.atomic_file(path, "w") as f:
+            f.write("new, half")
+            f.flush()
+            assert path.read_text() == "old"  # nothing is visible before the rename
+            raise Boom
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"], "temp file left"
+
+    with vio.atomic_file(path, "w") as f:
+        f.write("new")
+    assert path.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_dir_keeps_old_folder_when_the_writer_fails(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    with pytest.raises(Boom):
+        with vio.atomic_dir(out) as tmp:
+            assert tmp != out and tmp.parent == tmp_path
+            (tmp / "a.txt").write_text("new")
+            (tmp / "b.txt").write_text("new")
+            raise Boom
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    assert (out / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "temp folder left"
+
+    with vio.atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "old folder left"
+
+
+def test_read_only_output_folder_is_a_clear_error(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(PermissionError) as err:
+            vio.write_json(folder / "m.json", {"a": 1})
+        assert str(folder) in str(err.value)
+        with pytest.raises(PermissionError) as err:
+            with vio.atomic_dir(folder / "model") as tmp:
+                (tmp / "x").write_text("x")
+        assert str(folder) in str(err.value)
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+# ---------------------------------------------------------------------------------------
+# 7. damaged prepared data
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    vdata.prepare(DataConfig(valid_size=100, test_size=100), out)
+    return out
+
+
+def test_truncated_prepared_file_names_file_and_fix(prepared, tmp_path):
+    shutil.copytree(prepared, tmp_path / "p")
+    path = tmp_path / "p" / "test.npz"
+    assert len(vdata.load_prepared(tmp_path / "p", "test")["x"]) == 100
+    blob = path.read_bytes()
+    path.write_bytes(blob[:len(blob) // 2])
+    with pytest.raises(vdata.DataError) as err:
+        vdata.load_prepared(tmp_path / "p", "test")
+    msg = str(err.value)
+    assert str(path) in msg and "dvc repro prepare" in msg and "\n" not in msg
+    # The other parts are untouched and still load.
+    assert len(vdata.load_prepared(tmp_path / "p", "valid")["x"]) == 100
+
+
+def test_corrupted_prepared_member_names_file_and_fix(prepared, tmp_path):
+    """Same length, zip directory intact, but deflated bytes of a member damaged."""
+    shutil.copytree(prepared, tmp_path / "p")
+    path = tmp_path / "p" / "test.npz"
+    blob = bytearray(path.read_bytes())
+    mid = len(blob) // 3
+    blob[mid:mid + 64] = bytes(b ^ 0xFF for b in blob[mid:mid + 64])
+    path.write_bytes(bytes(blob))
+    with pytest.raises(vdata.DataError) as err:
+        vdata.load_prepared(tmp_path / "p", "test")
+    msg = str(err.value)
+    assert str(path) in msg and "dvc repro prepare" in msg and "\n" not in msg
