@@ -58,8 +58,8 @@ def main():
         every = max(1, len(result.history) // 10)
         info = {"name": name, **run.as_flat_dict(), "epochs_trained": final["epoch"],
                 # how the posterior narrowed, for the report: [epoch, median std] pairs
-                "posterior_std_by_epoch": [[h["epoch"], h["valid_posterior_std"]]
-                                           for h in result.history[every - 1::every]]}
+                "posterior_std_by_epoch": [[h["epoch"], h["valid_posterior_std"]] for h in
+                                           result.history[:1] + result.history[every - 1::every]]}
         with io.atomic_dir(out) as tmp:
             models.save(tmp, result.encoder, result.decoder, info)
             io.write_json(tmp / "mlflow.json", log.describe())

@@ -86,8 +86,15 @@ def claim_2(results, infos) -> Claim:
           f"{q_est:.1f} nats at k={kmax} (gap {gap_est:.1f})")
     ok_est = gap_est >= 10
     if prior:
-        pn = min(results[n]["nll"] for n in prior)
-        ev = (f"NLL of the prior-trained model ({', '.join(prior)}) {pn:.2f} vs {best} "
+        # The prior model's encoder is untrained, a poor proposal: judge it by the better of
+        # its two estimates (both lower bounds on log p(x) in expectation).
+        def fair_nll(n):
+            pvp_n = results[n]["_prior_vs_posterior"]
+            return min(results[n]["nll"], -pvp_n[max(pvp_n)][0])
+
+        pn = min(fair_nll(n) for n in prior)
+        ev = (f"NLL of the prior-trained model ({', '.join(prior)}) {pn:.2f} (the better of "
+              f"posterior and prior sampling at k={kmax}) vs {best} "
               f"{results[best]['nll']:.2f} ({pn - results[best]['nll']:+.2f}); " + ev)
         return Claim(2, title, rule, ev, HOLDS if (pn - results[best]["nll"] >= 10 and ok_est)
                      else FAILS)
@@ -203,6 +210,12 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
             f"{_f(r['nll'])} | {_f(r['elbo'])} | {_f(r.get('L_5'))} | {_f(r.get('L_50'))} | "
             f"{_f(r['own_bound'])} | {_f(r['rate'])} | {_f(r['distortion'])} | "
             f"{r['active_units']} | {_f(r['eval_images_per_s'], 0)} |")
+    untrained = _by_objective(infos, "prior_mc")
+    if untrained:
+        lines += ["", f"{', '.join(untrained)}: eq. (7) trains the decoder only, so the "
+                  "encoder these bounds sample from is the untrained one; its ELBO, rate, "
+                  "active units and posterior width describe no learned posterior. Its NLL is "
+                  "still a valid estimate (importance sampling with any proposal is)."]
     lines += [
         "",
         "Published, Burda et al. 2015 table 1 (FULL MNIST, 60,000 digits, 3^8 passes, "
