@@ -3,8 +3,6 @@ sees: outputs, the MLflow store, no-op reruns, a one-branch rerun, tracking fail
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from repo_copy import env_for, make_repo
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("vae", "vae_mc", "iwae", "prior")
 
 TINY = {
@@ -30,17 +28,8 @@ TINY = {
 }
 
 
-def env_for(repo: Path, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_", "DVC_"))}
-    # `python` in dvc.yaml's commands must be this interpreter (the venv's).
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(extra)
-    return env
-
-
 def sh(repo: Path, *cmd, check=True, **env) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env_for(repo, **env),
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env_for(**env),
                          timeout=900)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
@@ -56,30 +45,10 @@ def ran(out: subprocess.CompletedProcess) -> set[str]:
             if line.startswith("Running stage '")}
 
 
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and k != "models" else v
-    return out
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A fresh clone-like copy: the committed and to-be-committed files, git init, tiny params."""
-    dest = tmp_path_factory.mktemp("clone") / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / "dvc.lock").unlink(missing_ok=True)  # the default run's lock is not ours
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
-    return dest
+    return make_repo(tmp_path_factory.mktemp("clone") / "repo", TINY)
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
-import yaml  # noqa: E402
 
+from repo_copy import env_for, make_repo, merge  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
 from vaelab import io as vio  # noqa: E402
 from vaelab import train as vtrain  # noqa: E402
 from vaelab.config import DataConfig, parse_params  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 TINY_MODEL = {"latent": 5, "hidden": [20]}
 
@@ -201,37 +200,6 @@ STAGE_PARAMS = {
     "train": {"epochs": 6, "batch_size": 20, "checkpoint_every": 1},
     "models": {"vae": {"objective": "elbo_analytic", "k": 1}},
 }
-
-
-def env_for(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(extra)
-    return env
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and k != "models" else v
-    return out
-
-
-def make_repo(dest: Path, over: dict) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (ROOT / f).is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dest / f)
-    (dest / ".dvc").mkdir(exist_ok=True)  # repo_root() looks for it
-    params = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), over)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / "dvc.lock").unlink(missing_ok=True)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
-    return dest
 
 
 def stage(repo: Path, script: str, *args, check=True) -> subprocess.CompletedProcess:

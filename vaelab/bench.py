@@ -8,7 +8,6 @@ several timed repeats. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
