@@ -56,3 +56,27 @@ def test_chunked_log_weights_equal_the_objectives_log_weights():
     # and L_k from them is the objective's IWAE bound on the same samples
     ref_iwae = iwae(xb, q, p_z, decode, chunk, tf.constant([5, 0])).bound.numpy()
     np.testing.assert_allclose(evaluate.l_k(fast, chunk), ref_iwae, rtol=1e-5, atol=1e-3)
+
+
+def test_mixed_bfloat16_model_gives_float32_log_probs_close_to_float32(tmp_path):
+    """model.precision: mixed_bfloat16 multiplies in bfloat16 but hands float32 to TFP, and
+    its exported networks still load with plain keras.saving.load_model."""
+    cfgs = {p: ModelConfig(latent=4, hidden=(32,), precision=p)
+            for p in ("float32", "mixed_bfloat16")}
+    nets = {}
+    for p, cfg in cfgs.items():
+        keras.utils.set_random_seed(3)  # same initial weights for both precisions
+        nets[p] = (models.build_encoder(cfg), models.build_decoder(cfg))
+    x = tf.constant(binary((6, 784), seed=4))
+    z = tf.random.stateless_normal([3, 6, 4], seed=[0, 2])
+    ll = {p: models.log_likelihood(dec, "bernoulli", z, x) for p, (_, dec) in nets.items()}
+    assert ll["mixed_bfloat16"].dtype == tf.float32
+    q = models.posterior(nets["mixed_bfloat16"][0], x)
+    assert q.sample(2, seed=[0, 1]).dtype == tf.float32
+    # bfloat16 keeps ~3 significant digits: close to, not equal to, the float32 network
+    np.testing.assert_allclose(ll["mixed_bfloat16"], ll["float32"], rtol=2e-2)
+    assert not np.array_equal(ll["mixed_bfloat16"].numpy(), ll["float32"].numpy())
+    enc, dec = nets["mixed_bfloat16"]
+    models.save(tmp_path, enc, dec, {})
+    reloaded = keras.saving.load_model(tmp_path / "decoder.keras")
+    np.testing.assert_array_equal(reloaded(z[0]).numpy(), dec(z[0]).numpy())

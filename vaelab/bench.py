@@ -51,9 +51,10 @@ def flops_per_example(hidden, latent: int, k: int, objective: str) -> float:
 
 
 def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: int,
-                hidden=(200, 200), latent: int = 50, jit: bool = False) -> dict:
+                hidden=(200, 200), latent: int = 50, jit: bool = False,
+                precision: str = "float32") -> dict:
     params = parse_params({
-        "model": {"hidden": list(hidden), "latent": latent},
+        "model": {"hidden": list(hidden), "latent": latent, "precision": precision},
         "train": {"batch_size": batch_size, "jit": jit},
         "models": {"m": {"objective": objective, "k": k}},
     })
@@ -82,8 +83,9 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
 
 
 def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
-               jit: bool = False) -> dict:
-    params = parse_params({"models": {"m": {"objective": "elbo_analytic"}}})
+               jit: bool = False, precision: str = "float32") -> dict:
+    params = parse_params({"model": {"precision": precision},
+                           "models": {"m": {"objective": "elbo_analytic"}}})
     model = train.Model(params.models["m"])
     m = evaluate.Loaded("bench", model.encoder, model.decoder,
                         {"model.decoder": "bernoulli", "model.latent": 50}, jit=jit)
@@ -105,6 +107,8 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-images", type=int, default=100)
     p.add_argument("--chunk", type=int, default=500, help="evaluate.chunk")
     p.add_argument("--eval-batch", type=int, default=100, help="evaluate.batch_size")
+    p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
+                   help="model.precision")
     p.add_argument("--jit", action="store_true", help="time with XLA (train.jit: true)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
@@ -116,12 +120,13 @@ def main(argv=None) -> dict:
     for bs in args.batch_size:
         for k in args.k:
             obj = "elbo_analytic" if k == 1 else args.objective
-            rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=args.jit))
+            rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=args.jit,
+                                    precision=args.precision))
     rows.append(bench_eval(args.eval_k, args.eval_images, args.chunk, args.eval_batch,
-                           max(1, args.repeats // 2), jit=args.jit))
+                           max(1, args.repeats // 2), jit=args.jit, precision=args.precision))
 
     print(f"devices: {', '.join(devices)}; {platform.processor() or platform.machine()}, "
-          f"TF {tf.__version__}, XLA {'on' if args.jit else 'off'}")
+          f"TF {tf.__version__}, XLA {'on' if args.jit else 'off'}, {args.precision}")
     print(f"{'benchmark':<40} {'figure':>22} {'of matmul peak':>15}")
     for r in rows:
         if "samples_per_s" in r:
@@ -132,7 +137,7 @@ def main(argv=None) -> dict:
         else:
             fig, frac = f"{r['gflops']:,.0f} GFLOP/s", "100%"
         print(f"{r['what']:<40} {fig:>22} {frac:>15}")
-    out = {"devices": devices, "tensorflow": tf.__version__, "jit": args.jit,
+    out = {"devices": devices, "tensorflow": tf.__version__, "jit": args.jit, "precision": args.precision,
            "results": rows}
     if args.json:
         from .io import write_json

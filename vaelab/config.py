@@ -21,6 +21,7 @@ BINARIZE = ("dynamic", "static", "threshold", "none")
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
 DECODERS = ("bernoulli", "gaussian")
 OBJECTIVES = ("elbo_analytic", "elbo_mc", "vae_k", "iwae", "prior_mc")
+PRECISIONS = ("float32", "mixed_bfloat16")
 
 
 class UserError(Exception):
@@ -50,6 +51,8 @@ class ModelConfig:
     decoder: str = "bernoulli"
     # Gaussian decoder only: a positive float fixes sigma, "learned" makes it an output.
     decoder_scale: float | str = "learned"
+    # "mixed_bfloat16": hidden layers multiply in bfloat16, outputs and log-probs in float32
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,7 @@ def _model(c: _Checker, raw: dict, key: str) -> ModelConfig:
     hidden = c.int_list(m.hidden, f"{key}.hidden")
     c.choice(m.activation, f"{key}.activation", ACTIVATIONS)
     c.choice(m.decoder, f"{key}.decoder", DECODERS)
+    c.choice(m.precision, f"{key}.precision", PRECISIONS)
     scale = m.decoder_scale
     if scale != "learned":
         if isinstance(scale, str):

@@ -126,7 +126,7 @@ def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
 
 def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
     """Active units and the width of q(z|x) on them."""
-    loc, scale = (t.numpy() for t in m.encoder(tf.constant(x)))  # [N, latent] each
+    loc, scale = (np.asarray(t, np.float32) for t in m.encoder(tf.constant(x)))  # [N, latent]
     activity = loc.var(axis=0)  # Cov_x(E_q[z_u]) per unit u
     active = activity > ACTIVE_THRESHOLD
     widths = scale[:, active].ravel() if active.any() else np.array([np.nan])
@@ -236,7 +236,7 @@ def prior_samples_of(m: Loaded, n: int, seed: int) -> np.ndarray:
 
 def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
     """E[x|z] at z = the posterior mean: what the model keeps of each digit. [N, 784]."""
-    loc, _ = m.encoder(tf.constant(x))
+    loc = tf.cast(m.encoder(tf.constant(x))[0], tf.float32)
     return models.decoder_mean(m.decoder, m.kind, loc).numpy()
 
 

@@ -140,7 +140,7 @@ def posterior_width(encoder: keras.Model, x: np.ndarray) -> dict:
     """Active units (Burda et al.: Cov_x E_q[z_u] > 0.01) and the median std of q(z|x) on
     them: logged every epoch, so the curves show how the posterior narrows with training
     (the article's claim that it ends up narrow)."""
-    loc, scale = (t.numpy() for t in encoder(tf.constant(x)))  # [N, latent] each
+    loc, scale = (np.asarray(t, np.float32) for t in encoder(tf.constant(x)))  # [N, latent]
     active = loc.var(axis=0) > 1e-2
     width = float(np.median(scale[:, active])) if active.any() else float("nan")
     return {"active_units": int(active.sum()), "posterior_std": width}
