@@ -266,7 +266,6 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         "eval_images_per_s": len(x) / seconds,
         **{k: v for k, v in post.items() if not isinstance(v, np.ndarray)},
         "_posterior_std_active": post["posterior_std_active"],
-        "_ladder": ladder,
     }
     out["loss_minus_nll"] = -out["own_bound"] - nll
     snr_x = x[:min(100, len(x))]
