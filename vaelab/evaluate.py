@@ -236,7 +236,7 @@ def prior_samples_of(m: Loaded, n: int, seed: int) -> np.ndarray:
 
 def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
     """E[x|z] at z = the posterior mean: what the model keeps of each digit. [N, 784]."""
-    loc = tf.cast(m.encoder(tf.constant(x))[0], tf.float32)
+    loc = models.posterior(m.encoder, tf.constant(x)).distribution.loc  # [N, latent]
     return models.decoder_mean(m.decoder, m.kind, loc).numpy()
 
 
@@ -261,7 +261,8 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         # E_q[log w] = E_q[log p(x|z)] - KL, so the expected reconstruction term follows.
         "distortion": float(-(log_w.mean() + kl.mean())),
         "gap_elbo_nll": float(-elbo - nll),
-        "elbo_std_one_sample": float(np.median(draws.std(axis=0, ddof=1))) if len(draws) > 1 else float("nan"),
+        "elbo_std_one_sample": (float(np.median(draws.std(axis=0, ddof=1)))
+                                if len(draws) > 1 else float("nan")),
         "eval_seconds": seconds,
         "eval_images_per_s": len(x) / seconds,
         **{k: v for k, v in post.items() if not isinstance(v, np.ndarray)},

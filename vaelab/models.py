@@ -25,12 +25,24 @@ N_PIXELS = 784
 SCALE_FLOOR = 1e-4
 
 
+def _policy(precision: str) -> str | None:
+    # None follows Keras' global policy (float32 unless a caller, such as the float64
+    # gradient tests, chose otherwise).
+    return None if precision == "float32" else precision
+
+
+def _float(t: tf.Tensor) -> tf.Tensor:
+    """bfloat16 network outputs -> float32 for TFP; any other dtype is left alone."""
+    return tf.cast(t, tf.float32) if t.dtype == tf.bfloat16 else t
+
+
 def _mlp(h, sizes, activation, prefix, precision):
     # With precision "mixed_bfloat16" every Dense layer multiplies in bfloat16 (weights stay
     # float32); the factories below cast the outputs to float32, so every log-probability
     # and sum over pixels is computed in float32.
     for i, n in enumerate(sizes):
-        h = keras.layers.Dense(n, activation=activation, name=f"{prefix}_{i}", dtype=precision)(h)
+        h = keras.layers.Dense(n, activation=activation, name=f"{prefix}_{i}",
+                               dtype=_policy(precision))(h)
     return h
 
 
@@ -38,7 +50,7 @@ def _positive(h, size, name, precision):
     # Rescaling(scale=1, offset=floor) is a built-in way to add the floor, so the saved model
     # needs no custom objects. It runs in float32, so the floor is never rounded away.
     s = keras.layers.Dense(size, activation="softplus", name=f"{name}_softplus",
-                           dtype=precision)(h)
+                           dtype=_policy(precision))(h)
     return keras.layers.Rescaling(1.0, offset=SCALE_FLOOR, name=name)(s)
 
 
@@ -46,7 +58,7 @@ def build_encoder(cfg: ModelConfig) -> keras.Model:
     """x [B, 784] -> [loc, scale], each [B, latent]."""
     x = keras.Input((N_PIXELS,), name="x")
     h = _mlp(x, cfg.hidden, cfg.activation, "enc", cfg.precision)
-    loc = keras.layers.Dense(cfg.latent, name="loc", dtype=cfg.precision)(h)
+    loc = keras.layers.Dense(cfg.latent, name="loc", dtype=_policy(cfg.precision))(h)
     return keras.Model(x, [loc, _positive(h, cfg.latent, "scale", cfg.precision)],
                        name="encoder")
 
@@ -56,9 +68,10 @@ def build_decoder(cfg: ModelConfig) -> keras.Model:
     z = keras.Input((cfg.latent,), name="z")
     h = _mlp(z, tuple(reversed(cfg.hidden)), cfg.activation, "dec", cfg.precision)
     if cfg.decoder == "bernoulli":
-        logits = keras.layers.Dense(N_PIXELS, name="logits", dtype=cfg.precision)(h)
+        logits = keras.layers.Dense(N_PIXELS, name="logits", dtype=_policy(cfg.precision))(h)
         return keras.Model(z, logits, name="decoder")
-    loc = keras.layers.Dense(N_PIXELS, activation="sigmoid", name="loc", dtype=cfg.precision)(h)
+    loc = keras.layers.Dense(N_PIXELS, activation="sigmoid", name="loc",
+                             dtype=_policy(cfg.precision))(h)
     if cfg.decoder_scale == "learned":
         scale = _positive(h, N_PIXELS, "scale", cfg.precision)
     else:
@@ -79,7 +92,7 @@ def prior(latent: int) -> tfd.Distribution:
 
 def posterior(encoder: keras.Model, x: tf.Tensor) -> tfd.Distribution:
     """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]."""
-    loc, scale = (tf.cast(t, tf.float32) for t in encoder(x))  # [B, latent] each
+    loc, scale = (_float(t) for t in encoder(x))  # [B, latent] each
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
 
@@ -94,8 +107,7 @@ def make_decode(decoder: keras.Model, kind: str):
         lead = tf.shape(z)[:-1]
         flat = tf.reshape(z, [-1, z.shape[-1]])  # [k*B, latent]
         out = decoder(flat)
-        unflat = lambda t: tf.cast(tf.reshape(t, tf.concat([lead, [N_PIXELS]], 0)),  # noqa: E731
-                                   tf.float32)
+        unflat = lambda t: _float(tf.reshape(t, tf.concat([lead, [N_PIXELS]], 0)))  # noqa: E731
         if kind == "bernoulli":
             return tfd.Independent(tfd.Bernoulli(logits=unflat(out), dtype=tf.float32), 1)
         loc, scale = out
@@ -115,15 +127,15 @@ def log_likelihood(decoder: keras.Model, kind: str, z: tf.Tensor, x: tf.Tensor) 
     if kind != "bernoulli":
         return make_decode(decoder, kind)(z).log_prob(x)
     lead = tf.shape(z)[:-1]
-    logits = tf.cast(tf.reshape(decoder(tf.reshape(z, [-1, z.shape[-1]])),
-                                tf.concat([lead, [N_PIXELS]], 0)), tf.float32)  # [..., 784]
+    logits = _float(tf.reshape(decoder(tf.reshape(z, [-1, z.shape[-1]])),
+                               tf.concat([lead, [N_PIXELS]], 0)))  # [..., 784]
     return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
 
 
 def decoder_mean(decoder: keras.Model, kind: str, z: tf.Tensor) -> tf.Tensor:
     """E[x|z] [B, 784]: the picture a sample from the model shows."""
     out = decoder(z)
-    return tf.sigmoid(tf.cast(out, tf.float32)) if kind == "bernoulli" else tf.cast(out[0], tf.float32)
+    return tf.sigmoid(_float(out)) if kind == "bernoulli" else _float(out[0])
 
 
 # ---------------------------------------------------------------------------------------
