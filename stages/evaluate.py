@@ -23,7 +23,7 @@ def main():
     params = load_params(args.params)
     cfg = params.evaluate
     names = cli.model_names(params, None)
-    tracking.connect(params.mlflow.experiment)
+    client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
     test = data.load_prepared(args.data, "test")
     n_train = len(data.load_prepared(args.data, "train")["y"])
 
@@ -52,7 +52,7 @@ def main():
 
     verdicts = {f"claim_{c.number}": c.verdict for c in claims}
     for name in names:
-        log = tracking.RunLogger.of_model(Path(args.models) / name, params.mlflow.experiment)
+        log = tracking.RunLogger.of_model(Path(args.models) / name, client)
         log.metrics({f"test_{k}": v for k, v in public[name].items()})
         for k, v in verdicts.items():
             log.tag(f"report.{k}", v)

@@ -20,13 +20,13 @@ def main():
     args = p.parse_args()
     params = load_params(args.params)
     names = cli.model_names(params, args.names)
-    tracking.connect(params.mlflow.experiment)
+    client, _ = tracking.connect(params.mlflow.experiment)
     for name in names:
         folder = Path(args.models) / name
         images = evaluate.prior_samples(folder, params.sample.n, params.sample.seed)  # [n, 784]
         path = Path(args.out) / f"{name}.png"
         figures.save_grid(path, images)
-        tracking.RunLogger.of_model(folder, params.mlflow.experiment).artifact(path, "samples")
+        tracking.RunLogger.of_model(folder, client).artifact(path, "samples")
         print(f"sample: {params.sample.n} digits from {name}'s prior -> {path}")
 
 

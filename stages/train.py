@@ -27,7 +27,6 @@ def main():
     metrics_path = Path(args.metrics or f"metrics/train/{name}.json")
     curve_path = Path(args.curve or f"metrics/curves/{name}.csv")
 
-    tracking.connect(params.mlflow.experiment)  # fail now, not after an hour of training
     x_train = data.load_prepared(args.data, "train")["x"]
     x_valid = data.load_prepared(args.data, "valid")["x"]
 

@@ -34,7 +34,7 @@ def test_active_units_counts_units_whose_mean_varies_across_x():
     loc[:, 2] = rng.normal(0, 0.05, 1000)  # variance 0.0025: inactive
     loc[:, 3] = 3.0  # constant: dead
     loc[:, 4] = rng.normal(0, 0.01, 1000)  # inactive
-    assert evaluate.active_units(loc) == 2
+    assert models.active_mask(loc).tolist() == [True, True, False, False, False]
 
 
 def test_posterior_stats_sees_dead_dimensions_of_a_real_encoder():

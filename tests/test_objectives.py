@@ -20,7 +20,7 @@ from scipy.special import logsumexp  # noqa: E402
 from vaelab import models  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
 from vaelab.objectives import (elbo_analytic, elbo_from_log_weights, elbo_mc,  # noqa: E402
-                               iwae, iwae_from_log_weights, log_mean_exp_chunks,
+                               iwae, iwae_from_log_weights,
                                posterior_log_weights, prior_mc, vae_k)
 
 tfd = tfp.distributions
@@ -371,21 +371,6 @@ def test_iwae_with_a_gaussian_q_approaches_quadrature_log_px(bern_truth):
     assert np.all(m1 < log_px - 3 * se1), (m1 - log_px, se1)  # k=1 is the ELBO: visibly below
     assert np.all(np.abs(mk - log_px) < 4 * sek + 1e-4), (mk - log_px, sek)
     assert np.all(np.abs(mk - log_px) < 0.1 * (log_px - m1)), (mk - log_px, m1 - log_px)
-
-
-# --------------------------------------------------------------------------------------
-# 7. chunked log-mean-exp
-
-@pytest.mark.parametrize("sizes", [(37,), (10, 10, 10, 7), (1, 36), (5,) * 8])
-def test_log_mean_exp_chunks_equals_iwae_on_concatenation(sizes):
-    rng = np.random.default_rng(len(sizes))
-    log_w = rng.normal(-300.0, 40.0, (sum(sizes), 6))
-    bounds = np.cumsum((0,) + sizes)
-    chunks = ((tf.reduce_logsumexp(tf.constant(log_w[lo:hi]), 0), hi - lo)
-              for lo, hi in zip(bounds[:-1], bounds[1:]))
-    got = log_mean_exp_chunks(chunks).numpy()
-    np.testing.assert_allclose(got, iwae_from_log_weights(tf.constant(log_w)).numpy(), rtol=1e-13)
-    np.testing.assert_allclose(got, logsumexp(log_w, 0) - np.log(log_w.shape[0]), rtol=1e-13)
 
 
 # --------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config import UserError
+from .config import ParamsError, UserError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -28,8 +28,6 @@ def run(main, stage: str) -> None:
 
 
 def model_names(params, names: list[str] | None) -> list[str]:
-    from .config import ParamsError
-
     if not names:
         return list(params.models)
     for n in names:

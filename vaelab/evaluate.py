@@ -29,8 +29,6 @@ from .objectives import OBJECTIVES, iwae, iwae_from_log_weights
 
 tfd = tfp.distributions
 
-ACTIVE_THRESHOLD = 1e-2  # Burda et al. 2015, section 5.2
-
 
 @dataclass
 class Loaded:
@@ -126,24 +124,17 @@ def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
 
 def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
     """Active units and the width of q(z|x) on them."""
-    loc, scale = (np.asarray(t, np.float32) for t in m.encoder(tf.constant(x)))  # [N, latent]
-    activity = loc.var(axis=0)  # Cov_x(E_q[z_u]) per unit u
-    active = activity > ACTIVE_THRESHOLD
+    loc, scale = models.posterior_params(m.encoder, x)  # [N, latent] each
+    active = models.active_mask(loc)
     widths = scale[:, active].ravel() if active.any() else np.array([np.nan])
     return {
         "active_units": int(active.sum()),
-        "activity": activity,
         "posterior_std_active": widths,  # kept for the histogram
         "posterior_std_median": float(np.median(widths)),
         "posterior_std_q1": float(np.percentile(widths, 25)),
         "posterior_std_q3": float(np.percentile(widths, 75)),
         "posterior_std_all_median": float(np.median(scale)),
     }
-
-
-def active_units(loc: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """Units u with Cov_x(E_q[z_u]) > threshold; loc [N, latent] = E_q[z|x] per example."""
-    return int((np.asarray(loc).var(axis=0) > threshold).sum())
 
 
 # ---------------------------------------------------------------------------------------

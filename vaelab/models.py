@@ -12,14 +12,19 @@ import json
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from .config import ModelConfig
+from .config import ModelConfig, UserError
 
 tfd = tfp.distributions
 
 N_PIXELS = 784
+
+
+class MissingModelError(UserError, FileNotFoundError):
+    """A model folder lacks its files: it was never trained, or training did not finish."""
 # softplus can underflow to 0 for a very negative pre-activation; a floor keeps log q(z|x)
 # and the Gaussian log-likelihood finite. Small next to any scale a trained model uses.
 SCALE_FLOOR = 1e-4
@@ -83,6 +88,20 @@ def build_decoder(cfg: ModelConfig) -> keras.Model:
 # ---------------------------------------------------------------------------------------
 # distributions: small factories, TFP style. Events are whole vectors (Independent), so
 # log_prob returns one number per example and samples keep the sample axis first.
+
+ACTIVE_THRESHOLD = 1e-2  # Burda et al. 2015, section 5.2
+
+
+def posterior_params(encoder: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """loc and scale of q(z|x) as float32 arrays, [N, latent] each."""
+    loc, scale = encoder(tf.constant(x))
+    return np.asarray(loc, np.float32), np.asarray(scale, np.float32)
+
+
+def active_mask(loc: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> np.ndarray:
+    """Active units (Burda et al.): Cov_x(E_q[z_u]) > threshold. loc [N, latent] -> [latent]."""
+    return np.asarray(loc).var(axis=0) > threshold
+
 
 def prior(latent: int) -> tfd.Distribution:
     """p(z) = N(0, I), event shape [latent]."""
@@ -156,7 +175,7 @@ def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
     missing = [n for n in ("encoder.keras", "decoder.keras", "model.json")
                if not (folder / n).exists()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingModelError(
             f"{folder}: missing {', '.join(missing)}; train it first (dvc repro train@{folder.name})")
     info = json.loads((folder / "model.json").read_text())
     return (keras.saving.load_model(folder / "encoder.keras"),

@@ -17,7 +17,6 @@ its Monte Carlo estimate; for eq. (4) and (5), bound = -(distortion + rate).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import tensorflow as tf
@@ -139,14 +138,3 @@ OBJECTIVES: dict[str, Callable[..., Bound]] = {
     "prior_mc": prior_mc,
 }
 
-
-def log_mean_exp_chunks(chunks) -> tf.Tensor:
-    """Combine per-chunk logsumexp values into log of the mean over all samples.
-
-    `chunks` yields (logsumexp over the chunk [B], chunk size). Lets L_5000 be computed
-    500 samples at a time with memory independent of k."""
-    total, n = None, 0
-    for lse, size in chunks:
-        total = lse if total is None else tf.reduce_logsumexp(tf.stack([total, lse]), 0)
-        n += size
-    return total - math.log(n)

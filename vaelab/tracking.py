@@ -152,9 +152,13 @@ class RunLogger:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
 
     @classmethod
-    def of_model(cls, model_dir: str | Path, experiment: str) -> "RunLogger":
-        info = json.loads((Path(model_dir) / "mlflow.json").read_text())
-        client, exp_id = connect(experiment)
+    def of_model(cls, model_dir: str | Path, client) -> "RunLogger":
+        """The training run of the model in `model_dir`, via a client from `connect`."""
+        path = Path(model_dir) / "mlflow.json"
+        if not path.is_file():
+            raise TrackingError(f"{path} is missing; retrain the model "
+                                f"(dvc repro -f train@{Path(model_dir).name})")
+        info = json.loads(path.read_text())
         try:
             client.get_run(info["run_id"])
         except Exception:  # noqa: BLE001
@@ -162,7 +166,7 @@ class RunLogger:
                 f"{model_dir}/mlflow.json names run {info['run_id']}, which the store "
                 f"{tracking_uri()} does not hold; retrain it (dvc repro -f train@{Path(model_dir).name})"
             ) from None
-        return cls(client, info["run_id"], info.get("experiment_id", exp_id))
+        return cls(client, info["run_id"], info["experiment_id"])
 
     def metrics(self, values: dict, step: int | None = None) -> None:
         import time

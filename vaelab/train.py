@@ -82,8 +82,11 @@ class Model:
         return self.encoder.trainable_variables + self.decoder.trainable_variables
 
 
-def _step_fn(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool):
-    """One Adam step on batch x [B, 784] with stateless seed [2]; returns (logs, finite)."""
+def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool, jit: bool):
+    """One Adam step on batch x [B, 784] with stateless seed [2], compiled; returns
+    (logs, finite). One call per batch: measured on 2 CPU cores (`python -m vaelab.bench`),
+    a whole epoch as one graph loop was 8x slower for the VAE without XLA and took XLA
+    minutes to compile, and XLA on this step is slower than plain graph mode on the CPU."""
     variables = model.variables
 
     def step(x, seed):
@@ -107,15 +110,7 @@ def _step_fn(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool)
         logs.update({n: tf.reduce_mean(t) for n, t in terms.items()})
         return logs, finite
 
-    return step
-
-
-def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool, jit: bool):
-    """One compiled call per batch. (Measured on 2 CPU cores, `python -m vaelab.bench`: a
-    whole epoch as one graph loop was 8x slower for the VAE without XLA, and XLA took
-    minutes to compile it; XLA on this step is slower than plain graph mode on the CPU.)"""
-    return tf.function(_step_fn(model, optimizer, dynamic), jit_compile=jit,
-                       reduce_retracing=True)
+    return tf.function(step, jit_compile=jit, reduce_retracing=True)
 
 
 def make_eval(model: Model, jit: bool):
@@ -137,11 +132,10 @@ def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> 
 
 
 def posterior_width(encoder: keras.Model, x: np.ndarray) -> dict:
-    """Active units (Burda et al.: Cov_x E_q[z_u] > 0.01) and the median std of q(z|x) on
-    them: logged every epoch, so the curves show how the posterior narrows with training
-    (the article's claim that it ends up narrow)."""
-    loc, scale = (np.asarray(t, np.float32) for t in encoder(tf.constant(x)))  # [N, latent]
-    active = loc.var(axis=0) > 1e-2
+    """Active units and the median std of q(z|x) on them: logged every epoch, so the
+    curves show how the posterior narrows with training (the article's claim)."""
+    loc, scale = models.posterior_params(encoder, x)  # [N, latent] each
+    active = models.active_mask(loc)
     width = float(np.median(scale[:, active])) if active.any() else float("nan")
     return {"active_units": int(active.sum()), "posterior_std": width}
 
