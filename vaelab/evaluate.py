@@ -82,7 +82,8 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     """log w = log p(x|z) + log p(z) - log q(z|x) for k posterior samples per example,
     float32 [k, N], computed `chunk` samples at a time so memory is bounded by
     chunk * batch_size * 784 floats whatever k is. Also returns the analytic KL [N]."""
-    chunk_fn = m.compiled(("log_weights", chunk), lambda p_z, _: _log_weights_fn(m, p_z, chunk))
+    chunk_fn = m.compiled(("log_weights", chunk),
+                          lambda p_z, decode: _log_weights_fn(m, p_z, decode, chunk))
     out = np.empty((k, len(x)), np.float32)
     kl = np.empty(len(x), np.float32)
     for b, start in enumerate(range(0, len(x), batch_size)):
@@ -95,11 +96,11 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     return out, kl
 
 
-def _log_weights_fn(m: Loaded, p_z, chunk):
+def _log_weights_fn(m: Loaded, p_z, decode, chunk):
     def chunk_fn(xb, s):
         q = models.posterior(m.encoder, xb)
         z = q.sample(chunk, seed=s)  # [chunk, B, latent]
-        log_px_z = models.log_likelihood(m.decoder, m.kind, z, xb)  # [chunk, B]
+        log_px_z = decode(z).log_prob(xb)  # [chunk, B]
         return log_px_z + p_z.log_prob(z) - q.log_prob(z), tfd.kl_divergence(q, p_z)
 
     return chunk_fn
@@ -190,7 +191,7 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
     z = models.prior(m.latent).sample(k, seed=tf.constant([seed, 7]))  # [k, latent]
     # [chunk, 1, 784] against [B, 784] broadcasts to [chunk, B]
     chunk_fn = m.compiled(("prior", chunk), lambda p_z, decode: (
-        lambda zc, xb: models.log_likelihood(m.decoder, m.kind, zc[:, None, :], xb)))
+        lambda zc, xb: decode(zc[:, None, :]).log_prob(xb)))
 
     out = np.empty((k, len(x)), np.float32)
     for start in range(0, len(x), batch_size):
