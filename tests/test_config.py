@@ -268,6 +268,8 @@ MISTAKES = [
      ["train.batch_size", "positive integer", "got 0"]),
     ("epochs-float", setter("train", "epochs", 10.0), ["train.epochs", "positive integer"]),
     ("jit-string", setter("train", "jit", "yes"), ["train.jit", "true or false", "got 'yes'"]),
+    ("steps-per-execution-zero", setter("train", "steps_per_execution", 0),
+     ["train.steps_per_execution", "positive integer", "got 0"]),
     # evaluate / sample / mlflow
     ("snr-repeats-one", setter("evaluate", "snr_repeats", 1),
      ["evaluate.snr_repeats", ">= 2", "got 1"]),

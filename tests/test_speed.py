@@ -5,6 +5,11 @@
 another algorithm inside XLA, so a jit run draws different (equally valid) samples. It is
 off by default, and slower on CPUs anyway.
 """
+import json
+import os
+import subprocess
+import sys
+
 from vaelab.quiet import silence_tf
 
 silence_tf()
@@ -110,3 +115,64 @@ def test_mixed_bfloat16_model_gives_float32_log_probs_close_to_float32(tmp_path)
     models.save(tmp_path, enc, dec, {})
     reloaded = keras.saving.load_model(tmp_path / "decoder.keras")
     np.testing.assert_array_equal(reloaded(z[0]).numpy(), dec(z[0]).numpy())
+
+
+THREADED_STEPS = """
+import sys
+from vaelab.quiet import silence_tf; silence_tf()
+import keras, numpy as np, tensorflow as tf
+from vaelab import train
+from vaelab.config import parse_params
+keras.utils.set_random_seed(0)
+model = train.Model(parse_params({"models": {"m": {"objective": "iwae", "k": 50}}}).models["m"])
+opt = keras.optimizers.Adam(1e-3, epsilon=1e-4)
+opt.build(model.variables)
+step = train.make_step(model, opt, dynamic=True, jit=False)
+xs = tf.constant(np.random.default_rng(0).random((800, 784), np.float32))
+train.train_epoch(step, xs, np.arange(800), 100, 0, 0, 4)
+np.savez(sys.argv[1], *(model.encoder.get_weights() + model.decoder.get_weights()))
+"""
+
+
+def test_thread_counts_change_nothing(tmp_path):
+    """TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (README, Speed) only change speed:
+    8 IWAE k=50 steps of the default architecture end with the same weights."""
+    out = {}
+    for threads in ("default", "1/2"):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TF_NUM_")}
+        if threads != "default":
+            env["TF_NUM_INTRAOP_THREADS"], env["TF_NUM_INTEROP_THREADS"] = threads.split("/")
+        path = tmp_path / f"{threads.replace('/', '-')}.npz"
+        subprocess.run([sys.executable, "-c", THREADED_STEPS, str(path)], env=env, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with np.load(path) as z:
+            out[threads] = [z[f"arr_{i}"] for i in range(len(z.files))]
+    assert len(out["default"]) == len(out["1/2"]) == 14
+    for a, b in zip(out["default"], out["1/2"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+TINY_BENCH = ["--k", "3", "1", "--steps", "2", "--repeats", "1", "--eval-k", "4",
+              "--eval-images", "4", "--chunk", "2", "--eval-batch", "2"]
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
+    from vaelab import bench
+
+    out = bench.main([*TINY_BENCH, "--json", str(tmp_path / "b.json")])
+    table = capsys.readouterr().out
+    assert "train iwae k=3 batch=100" in table and "evaluate L_4 on 4 images" in table
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["results"] == [pytest.approx(r) for r in out["results"]]
+    train_rows = [r for r in saved["results"] if "samples_per_s" in r]
+    assert len(train_rows) == 2
+    assert all(r["samples_per_s"] > 0 and 0 < r["matmul_ms"] for r in train_rows)
+
+
+def test_bench_levers_run_each_in_its_own_process(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-m", "vaelab.bench", *TINY_BENCH, "--levers",
+                          "1-step-per-call", "--json", str(tmp_path / "l.json")],
+                         cwd=root, capture_output=True, text=True, check=True)
+    lines = [ln.split()[0] for ln in res.stdout.splitlines()[1:-1]]
+    assert lines == ["defaults", "1-step-per-call", "defaults"], res.stdout

@@ -94,6 +94,20 @@ def test_same_config_gives_identical_weights_and_history(digits):
     assert not all_equal(weights(a), init.encoder.get_weights() + init.decoder.get_weights())
 
 
+@pytest.mark.parametrize("per_call", [3, 50])
+def test_steps_per_execution_changes_nothing(digits, per_call):
+    """Several steps per compiled call are a speed lever only: 590 digits in batches of 50
+    are 11 full batches and a short one, so calls of 3 leave 2 full batches over, and the
+    short batch goes alone; the weights and history equal one step per call, bit for bit."""
+    x_train, x_valid = digits
+    x_train = x_train[:590]
+    one = vtrain.train(tiny_run(steps_per_execution=1), x_train, x_valid, progress=quiet())
+    many = vtrain.train(tiny_run(steps_per_execution=per_call), x_train, x_valid,
+                        progress=quiet())
+    assert all_equal(weights(one), weights(many))
+    assert bounds(one.history) == bounds(many.history)
+
+
 def test_different_seed_gives_different_weights(digits):
     x_train, x_valid = digits
     a = vtrain.train(tiny_run(seed=0), x_train, x_valid, progress=quiet())
@@ -152,20 +166,17 @@ def test_injected_nan_stops_with_last_good_checkpoint_kept(digits, tmp_path, mon
     run = tiny_run(epochs=4, checkpoint_every=1)
     run = dataclasses.replace(run, data=dataclasses.replace(run.data, binarize="static"))
     steps_per_epoch = -(-len(x_train) // run.train.batch_size)
-    poison_at = 2 * steps_per_epoch + 4  # the 4th call of epoch 3
+    poison_at = 2 * steps_per_epoch + 3  # the global index of the 4th step of epoch 3
     real_make_step = vtrain.make_step
     seen = {}
 
     def make_step(model, optimizer, dynamic, jit):
         step = real_make_step(model, optimizer, dynamic, jit)
         seen["model"] = model
-        calls = [0]
 
-        def poisoned(x, seed):
-            calls[0] += 1
-            if calls[0] == poison_at:
-                x = x * tf.constant(np.nan, tf.float32)
-            return step(x, seed)
+        def poisoned(x, seeds):  # [n, B, 784], [n, 2] = (seed, global step)
+            nan_at = tf.where(seeds[:, 1] == poison_at, np.nan, 1.0)[:, None, None]
+            return step(x * nan_at, seeds)
 
         return poisoned
 

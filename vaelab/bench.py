@@ -1,15 +1,24 @@
 """Benchmark the project's real code paths: `python -m vaelab.bench --help`.
 
-Measures training samples/s (the same compiled step `dvc repro` runs), L_k evaluation
-images/s (the same chunked log-weights the evaluate stage uses) and, to read those against
-the hardware, the machine's own fp32 matmul rate. Each figure: warm-up, then the median of
-several timed repeats. Prints a table and writes JSON.
+Measures training samples/s (the same compiled step and epoch loop `dvc repro` runs), L_k
+evaluation images/s (the same chunked log-weights the evaluate stage uses) and, to read
+those against the hardware, the machine's own fp32 matmul rate and the time a training
+step's matmuls take on their own. Each figure: warm-up, then the median of several timed
+repeats. Prints a table and writes JSON.
+
+`--levers` times each speed lever (XLA, bfloat16, thread counts, tf.data, steps per call,
+TFP's own Bernoulli log_prob) in a process of its own, next to the defaults.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 from .quiet import silence_tf
@@ -19,8 +28,25 @@ silence_tf()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from . import evaluate, train  # noqa: E402
+from . import evaluate, models, train  # noqa: E402
 from .config import parse_params  # noqa: E402
+
+THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+
+# name -> (extra arguments, extra environment). Thread counts can only be set before
+# TensorFlow starts, hence a process per lever.
+LEVERS = {
+    "defaults": ([], {}),
+    "xla": (["--jit"], {}),
+    "bfloat16": (["--precision", "mixed_bfloat16"], {}),
+    "threads-1-2": ([], {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}),
+    "threads-1-1": ([], {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+    "threads-2-1": ([], {"TF_NUM_INTRAOP_THREADS": "2", "TF_NUM_INTEROP_THREADS": "1"}),
+    "tf.data": (["--feed", "tf.data"], {}),
+    "1-step-per-call": (["--steps-per-execution", "1"], {}),
+    "8-steps-per-call": (["--steps-per-execution", "8"], {}),
+    "tfp-bernoulli": (["--tfp-bernoulli"], {}),
+}
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -40,46 +66,107 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / _median_time(lambda: mm().numpy(), repeats) / 1e9
 
 
-def flops_per_example(hidden, latent: int, k: int, objective: str) -> float:
-    """Matmul FLOPs of one training example: forward + backward ~ 3x forward."""
-    sizes = [784, *hidden, latent]
-    enc = sum(a * b for a, b in zip(sizes, sizes[1:])) + sizes[-2] * latent  # loc and scale
-    dec_sizes = [latent, *reversed(hidden), 784]
-    dec = sum(a * b for a, b in zip(dec_sizes, dec_sizes[1:]))
-    n_enc = 0 if objective == "prior_mc" else 1
-    return 3 * 2 * (n_enc * enc + k * dec)
+def step_matmuls(objective: str, k: int, batch_size: int, hidden, latent: int):
+    """(rows, in, out) of every Dense matmul in one training step's forward pass. The prior
+    objective has no encoder and decodes k samples shared by the batch."""
+    enc = [784, *hidden]
+    shapes = [(batch_size, a, b) for a, b in zip(enc, enc[1:])]
+    shapes += [(batch_size, hidden[-1], latent)] * 2  # loc and scale
+    if objective == "prior_mc":
+        shapes, rows = [], k
+    else:
+        rows = k * batch_size
+    dec = [latent, *reversed(hidden), 784]
+    return shapes + [(rows, a, b) for a, b in zip(dec, dec[1:])]
+
+
+def flops_per_example(objective: str, k: int, batch_size: int, hidden, latent: int) -> float:
+    """Matmul FLOPs of one training example: forward, and the two backward products (the
+    first layer's input gradient is not needed)."""
+    shapes = step_matmuls(objective, k, batch_size, hidden, latent)
+    fwd = sum(2 * m * a * b for m, a, b in shapes)
+    return (3 * fwd - 2 * np.prod(shapes[0])) / batch_size
+
+
+def matmul_seconds(objective: str, k: int, batch_size: int, hidden, latent: int,
+                   repeats: int) -> float:
+    """Time of one training step's matmuls alone (forward and backward, same shapes, one
+    compiled call): set against the step's time it says what share of a step is matmul
+    work and what share is everything else (element-wise work, per-op overhead)."""
+    shapes = step_matmuls(objective, k, batch_size, hidden, latent)
+    rand = lambda *s: tf.random.stateless_normal(s, seed=[0, len(s)])  # noqa: E731
+    xs = [rand(m, a) for m, a, _ in shapes]
+    ws = [rand(a, b) for _, a, b in shapes]
+    gs = [rand(m, b) for m, _, b in shapes]
+
+    @tf.function
+    def matmuls():
+        total = 0.0
+        for i, (x, w, g) in enumerate(zip(xs, ws, gs)):
+            # a slice of each result is summed, so no product is pruned as unused
+            total += tf.reduce_sum((x @ w)[:1]) + tf.reduce_sum(tf.matmul(x, g, transpose_a=True)[:1])
+            if i:
+                total += tf.reduce_sum(tf.matmul(g, w, transpose_b=True)[:1])
+        return total
+
+    matmuls().numpy()
+    return _median_time(lambda: matmuls().numpy(), 2 * repeats)
+
+
+# ---------------------------------------------------------------------------------------
+# training
+
+def _tfdata_epoch(step, xs, order, batch_size, first_step, per_call):
+    """train.train_epoch fed by tf.data with prefetch (a lever, not what training does)."""
+    ds = (tf.data.Dataset.from_tensor_slices(order.reshape(-1, batch_size))
+          .map(lambda idx: tf.gather(xs, idx)).batch(per_call).prefetch(tf.data.AUTOTUNE))
+    for c, xb in enumerate(ds):  # [n, B, 784]
+        seeds = tf.constant([[0, first_step + c * per_call + j] for j in range(len(xb))])
+        logs, finite = step(xb, seeds)
+        if not finite.numpy().all():
+            break
+        [v.numpy().tolist() for v in logs.values()]
 
 
 def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: int,
                 hidden=(200, 200), latent: int = 50, jit: bool = False,
-                precision: str = "float32") -> dict:
+                precision: str = "float32", feed: str = "gather",
+                steps_per_execution: int | None = None) -> dict:
+    train_cfg = {"batch_size": batch_size, "jit": jit}
+    if steps_per_execution is not None:
+        train_cfg["steps_per_execution"] = steps_per_execution
     params = parse_params({
         "model": {"hidden": list(hidden), "latent": latent, "precision": precision},
-        "train": {"batch_size": batch_size, "jit": jit},
+        "train": train_cfg,
         "models": {"m": {"objective": objective, "k": k}},
     })
-    run = params.models["m"]
+    per_call = params.models["m"].train.steps_per_execution
     import keras
 
-    model = train.Model(run)
+    model = train.Model(params.models["m"])
     opt = keras.optimizers.Adam(1e-3, epsilon=1e-4)
     opt.build(model.variables)
-    xs = tf.constant(np.random.default_rng(0).random((steps * batch_size, 784), np.float32))
+    steps = -(-steps // per_call) * per_call
+    n = steps * batch_size
+    xs = tf.constant(np.random.default_rng(0).random((n, 784), np.float32))
     step = train.make_step(model, opt, dynamic=True, jit=jit)
-    counter = iter(range(0, 10**9, steps))
+    epochs = iter(range(10**9))
 
-    def run_steps():
-        first = next(counter)
-        for i in range(steps):
-            logs, _ = step(xs[i * batch_size:(i + 1) * batch_size], tf.constant([0, first + i]))
-        float(logs["bound"])  # wait for the last step
+    def run_epoch():
+        e = next(epochs)
+        order = np.random.default_rng([0, e]).permutation(n)
+        if feed == "tf.data":
+            _tfdata_epoch(step, xs, order, batch_size, e * steps, per_call)
+        else:
+            train.train_epoch(step, xs, order, batch_size, 0, e * steps, per_call)
 
-    run_steps()  # compile and warm up
-    seconds = _median_time(run_steps, repeats)
-    sps = steps * batch_size / seconds
-    what = f"train {objective} k={k} batch={batch_size}"
-    return {"what": what, "samples_per_s": sps,
-            "gflops": sps * flops_per_example(hidden, latent, k, objective) / 1e9}
+    run_epoch()  # compile and warm up
+    step_s = _median_time(run_epoch, repeats) / steps
+    mm_s = matmul_seconds(objective, k, batch_size, hidden, latent, repeats)
+    sps = batch_size / step_s
+    return {"what": f"train {objective} k={k} batch={batch_size}", "samples_per_s": sps,
+            "gflops": sps * flops_per_example(objective, k, batch_size, hidden, latent) / 1e9,
+            "step_ms": 1e3 * step_s, "matmul_ms": 1e3 * mm_s}
 
 
 def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
@@ -95,6 +182,48 @@ def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
     return {"what": f"evaluate L_{k} on {n_images} images", "images_per_s": n_images / seconds}
 
 
+# ---------------------------------------------------------------------------------------
+
+def _print_table(rows: list[dict], peak: float) -> None:
+    print(f"{'benchmark':<34} {'figure':>20} {'of matmul peak':>15} {'step / of it matmuls':>22}")
+    for r in rows:
+        step = ""
+        if "samples_per_s" in r:
+            fig = f"{r['samples_per_s']:,.0f} samples/s"
+            frac = f"{100 * r['gflops'] / peak:.0f}%"
+            step = f"{r['step_ms']:.2f} / {r['matmul_ms']:.2f} ms"
+        elif "images_per_s" in r:
+            fig, frac = f"{r['images_per_s']:,.1f} images/s", ""
+        else:
+            fig, frac = f"{r['gflops']:,.0f} GFLOP/s", "100%"
+        print(f"{r['what']:<34} {fig:>20} {frac:>15} {step:>22}")
+
+
+def run_levers(names: list[str], passthrough: list[str]) -> list[dict]:
+    """Each lever in a fresh process (`defaults` first and last, to show the drift between
+    identical runs); returns their JSON results and prints one line per lever."""
+    order = ["defaults", *[n for n in names if n != "defaults"], "defaults"]
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(order):
+            args, env = LEVERS[name]
+            path = os.path.join(tmp, f"{i}.json")
+            cmd = [sys.executable, "-m", "vaelab.bench", *passthrough, *args, "--json", path]
+            subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
+            with open(path) as f:
+                out.append({"lever": name, **json.load(f)})
+    figures = [{r["what"]: r.get("samples_per_s", r.get("images_per_s"))
+                for r in o["results"][1:]} for o in out]
+    cols = list(figures[0])
+    print(f"{'lever':<18}" + "".join(f"{c:>38}" for c in cols))
+    base = {c: statistics.mean([figures[0][c], figures[-1][c]]) for c in cols}
+    for o, fig in zip(out, figures):
+        cells = "".join(f"{fig[c]:>28,.1f} ({100 * (fig[c] / base[c] - 1):+4.0f}%)" for c in cols)
+        print(f"{o['lever']:<18}{cells}")
+    print("(%: against the mean of the two `defaults` runs)")
+    return out
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", default="iwae")
@@ -104,15 +233,38 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--eval-k", type=int, default=5000)
-    p.add_argument("--eval-images", type=int, default=100)
+    p.add_argument("--eval-images", type=int, default=100, help="0: no evaluation benchmark")
     p.add_argument("--chunk", type=int, default=500, help="evaluate.chunk")
     p.add_argument("--eval-batch", type=int, default=100, help="evaluate.batch_size")
     p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
                    help="model.precision")
     p.add_argument("--jit", action="store_true", help="time with XLA (train.jit: true)")
+    p.add_argument("--feed", default="gather", choices=("gather", "tf.data"),
+                   help="how batches reach the step: gathered from the in-memory set, as "
+                        "training does, or through tf.data with prefetch")
+    p.add_argument("--steps-per-execution", type=int, default=None,
+                   help="training steps per compiled call (default: train.steps_per_execution's)")
+    p.add_argument("--tfp-bernoulli", action="store_true",
+                   help="use tfd.Bernoulli's own log_prob instead of models.BernoulliLogits")
+    p.add_argument("--levers", nargs="*", choices=sorted(LEVERS), metavar="LEVER",
+                   help=f"time these levers (all when none is named), each in its own "
+                        f"process with the other options given: {', '.join(LEVERS)}")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
 
+    if args.levers is not None:
+        skip = {"--levers"} | set(LEVERS)
+        passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in skip]
+        out = {"levers": run_levers(args.levers or list(LEVERS), passthrough)}
+        if args.json:
+            from .io import write_json
+
+            write_json(args.json, out)
+        return out
+
+    if args.tfp_bernoulli:
+        models.BernoulliLogits = models.tfd.Bernoulli
+    threads = {v: os.environ.get(v, "TF default") for v in THREAD_VARS}
     devices = [d.name for d in tf.config.list_logical_devices()]
     rows = []
     peak = matmul_gflops()
@@ -121,23 +273,21 @@ def main(argv=None) -> dict:
         for k in args.k:
             obj = "elbo_analytic" if k == 1 else args.objective
             rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=args.jit,
-                                    precision=args.precision))
-    rows.append(bench_eval(args.eval_k, args.eval_images, args.chunk, args.eval_batch,
-                           max(1, args.repeats // 2), jit=args.jit, precision=args.precision))
+                                    precision=args.precision, feed=args.feed,
+                                    steps_per_execution=args.steps_per_execution))
+    if args.eval_images:
+        rows.append(bench_eval(args.eval_k, args.eval_images, args.chunk, args.eval_batch,
+                               max(1, args.repeats // 2), jit=args.jit,
+                               precision=args.precision))
 
     print(f"devices: {', '.join(devices)}; {platform.processor() or platform.machine()}, "
-          f"TF {tf.__version__}, XLA {'on' if args.jit else 'off'}, {args.precision}")
-    print(f"{'benchmark':<40} {'figure':>22} {'of matmul peak':>15}")
-    for r in rows:
-        if "samples_per_s" in r:
-            fig = f"{r['samples_per_s']:,.0f} samples/s"
-            frac = f"{100 * r['gflops'] / peak:.0f}%"
-        elif "images_per_s" in r:
-            fig, frac = f"{r['images_per_s']:,.1f} images/s", ""
-        else:
-            fig, frac = f"{r['gflops']:,.0f} GFLOP/s", "100%"
-        print(f"{r['what']:<40} {fig:>22} {frac:>15}")
-    out = {"devices": devices, "tensorflow": tf.__version__, "jit": args.jit, "precision": args.precision,
+          f"{os.cpu_count()} cores, TF {tf.__version__}, XLA {'on' if args.jit else 'off'}, "
+          f"{args.precision}, threads intra/inter-op: {'/'.join(threads.values())}, "
+          f"steps per call: {args.steps_per_execution or 'params default'}, feed: {args.feed}")
+    _print_table(rows, peak)
+    out = {"devices": devices, "tensorflow": tf.__version__, "jit": args.jit,
+           "precision": args.precision, "feed": args.feed, "threads": threads,
+           "steps_per_execution": args.steps_per_execution, "tfp_bernoulli": args.tfp_bernoulli,
            "results": rows}
     if args.json:
         from .io import write_json

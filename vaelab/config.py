@@ -62,6 +62,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 0
     checkpoint_every: int = 10
+    steps_per_execution: int = 4
     jit: bool = False
 
 
@@ -234,6 +235,7 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     lr = c.number(t.learning_rate, f"{key}.learning_rate")
     c.integer(t.seed, f"{key}.seed", low=0)
     c.integer(t.checkpoint_every, f"{key}.checkpoint_every", low=1)
+    c.integer(t.steps_per_execution, f"{key}.steps_per_execution", low=1)
     c.boolean(t.jit, f"{key}.jit")
     return dataclasses.replace(t, learning_rate=lr)
 
