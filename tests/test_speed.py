@@ -3,7 +3,7 @@
 (Speed itself is measured by `python -m vaelab.bench`, never asserted here.) XLA
 (`train.jit: true`) is the one lever that does change results: TF's stateless RNG picks
 another algorithm inside XLA, so a jit run draws different (equally valid) samples. It is
-off by default, and slower on CPUs anyway.
+off by default for that reason, though it trains faster on the CPU (README, Speed).
 """
 import json
 import os

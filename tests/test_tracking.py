@@ -1,4 +1,9 @@
-"""Where the MLflow store lives, whoever runs the stage."""
+"""Where the MLflow store lives, whoever runs the stage; runs orphaned by a kill."""
+import os
+import socket
+import subprocess
+import sys
+
 from vaelab import tracking
 
 
@@ -38,3 +43,27 @@ def test_unusable_sqlite_folder_is_a_clear_error(monkeypatch, tmp_path):
         assert str(tmp_path / "missing") in str(e) and "\n" not in str(e)
     else:
         raise AssertionError("expected TrackingError")
+
+
+def test_runs_left_running_by_dead_processes_are_marked_killed(monkeypatch, tmp_path):
+    """A SIGKILLed training leaves its run RUNNING; the next run of the same model marks it
+    KILLED, but leaves alone runs of live processes, other machines and other models."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, exp_id = tracking.connect("e")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    here, alive = socket.gethostname(), str(os.getpid())
+    ids = {}
+    for key, name, host, pid in [("orphan", "vae", here, gone), ("live", "vae", here, alive),
+                                 ("elsewhere", "vae", "other-host", gone),
+                                 ("other model", "iwae", here, gone)]:
+        run = client.create_run(exp_id, run_name=name,
+                                tags={"vaelab.host": host, "vaelab.pid": pid})
+        ids[key] = run.info.run_id
+    with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+        new = log.run_id
+        assert client.get_run(new).data.tags["vaelab.pid"] == alive
+    status = {key: client.get_run(i).info.status for key, i in ids.items()}
+    assert status == {"orphan": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING",
+                      "other model": "RUNNING"}
+    assert client.get_run(new).info.status == "FINISHED"

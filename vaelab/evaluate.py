@@ -38,7 +38,7 @@ class Loaded:
     encoder: keras.Model
     decoder: keras.Model
     info: dict
-    jit: bool = False  # XLA: measured slower on the CPU (vaelab.bench), try it on a GPU
+    jit: bool = False  # XLA: L_5000 4x slower on the CPU (vaelab.bench --levers xla)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Loaded":

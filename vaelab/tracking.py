@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,14 +113,48 @@ def run_tags(stage: str, extra: dict) -> dict:
     return tags
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def mark_orphans_killed(client, exp_id: str, name: str, keep: str | None = None) -> list[str]:
+    """Runs of model `name` left RUNNING by a training process of this machine that is
+    gone (SIGKILL, a power cut: nothing could end them) are marked KILLED; returns their
+    ids. Runs of live processes (parallel queued experiments), of other machines, and
+    `keep` (the run about to be resumed) are left alone."""
+    host = socket.gethostname()
+    killed = []
+    for run in client.search_runs([exp_id], filter_string=(
+            f"attributes.run_name = '{name}' and attributes.status = 'RUNNING'")):
+        tags = run.data.tags
+        if run.info.run_id == keep or tags.get("vaelab.host") != host:
+            continue
+        pid = tags.get("vaelab.pid", "")
+        if pid.isdigit() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+    return killed
+
+
 @contextmanager
 def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str | None = None):
     """One MLflow run for one trained model, ended FINISHED, or FAILED on any exception
-    (Ctrl-C included) so no run is left RUNNING. With `run_id`, continues that run (a
-    resumed training) instead of starting a new one."""
+    (Ctrl-C included). With `run_id`, continues that run (a resumed training) instead of
+    starting a new one. The run is tagged with this machine and process, so a later run of
+    the same model can tell a killed run from a live one (`mark_orphans_killed`)."""
     import mlflow
 
     client, exp_id = connect(experiment)
+    for orphan in mark_orphans_killed(client, exp_id, name, keep=run_id):
+        print(f"mlflow: run {orphan} of '{name}' was left RUNNING by a training process "
+              "that no longer exists: marked KILLED")
+    tags = {**tags, "vaelab.host": socket.gethostname(), "vaelab.pid": str(os.getpid())}
     if run_id is not None:
         try:
             run = client.get_run(run_id)

@@ -87,9 +87,9 @@ def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool
     inside one compiled call (n is x's leading dimension, unrolled; Keras calls it
     steps_per_execution). Returns (logs {name: [n]}, finite [n]).
 
-    Measured on 2 CPU cores (`python -m vaelab.bench --levers`): 4 steps per call are 7%
-    (IWAE k=50) to 18% (VAE) faster than one, with bit-identical weights; a whole epoch as
-    one graph loop was 8x slower for the VAE, and XLA is slower than plain graph mode."""
+    Measured on 2 CPU cores (`python -m vaelab.bench --levers`): one step per call is
+    6-12% slower for IWAE k=50 and 31-36% slower for the VAE than 4, with bit-identical
+    weights (tests); 8 gain nothing more. A whole epoch as one graph loop was 8x slower."""
     variables = model.variables
 
     def one_step(x, seed):
