@@ -103,7 +103,8 @@ def test_exact_posterior_every_log_weight_is_log_px(lg):
     log_w = (log_px_z + log_pz - log_qz).numpy()
     assert log_w.shape == (64, len(x))
     assert np.ptp(log_px_z.numpy(), axis=0).min() > 0.1  # the samples really differ...
-    np.testing.assert_allclose(log_w, np.broadcast_to(log_px, log_w.shape), rtol=0, atol=1e-9)  # ...the weights don't
+    # ...the weights don't
+    np.testing.assert_allclose(log_w, np.broadcast_to(log_px, log_w.shape), rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("objective,k", [(elbo_mc, 1), (vae_k, 1), (vae_k, 7),
@@ -386,6 +387,6 @@ def test_prior_mc_shares_prior_samples_across_the_batch():
     assert b[0] != b[1]
     # and prior_mc on a batch equals prior_mc on each example alone with the same seed
     batch = prior_mc(tf.constant(X_BIN), None, std_prior(), bern_decode, 5, seed(4)).bound.numpy()
-    alone = [prior_mc(tf.constant(X_BIN[i:i + 1]), None, std_prior(), bern_decode, 5, seed(4)).bound.numpy()[0]
-             for i in range(len(X_BIN))]
+    alone = [prior_mc(tf.constant(X_BIN[i:i + 1]), None, std_prior(), bern_decode, 5,
+                      seed(4)).bound.numpy()[0] for i in range(len(X_BIN))]
     np.testing.assert_allclose(batch, alone, rtol=1e-14)
