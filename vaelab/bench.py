@@ -67,17 +67,14 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def step_matmuls(objective: str, k: int, batch_size: int, hidden, latent: int):
-    """(rows, in, out) of every Dense matmul in one training step's forward pass. The prior
-    objective has no encoder and decodes k samples shared by the batch."""
-    enc = [784, *hidden]
-    shapes = [(batch_size, a, b) for a, b in zip(enc, enc[1:])]
-    shapes += [(batch_size, hidden[-1], latent)] * 2  # loc and scale
-    if objective == "prior_mc":
-        shapes, rows = [], k
-    else:
-        rows = k * batch_size
+    """(rows, in, out) of every Dense matmul in one training step's forward pass."""
     dec = [latent, *reversed(hidden), 784]
-    return shapes + [(rows, a, b) for a, b in zip(dec, dec[1:])]
+    if objective == "prior_mc":  # no encoder; k prior samples shared by the whole batch
+        return [(k, a, b) for a, b in zip(dec, dec[1:])]
+    enc = [784, *hidden]
+    return ([(batch_size, a, b) for a, b in zip(enc, enc[1:])]
+            + [(batch_size, hidden[-1], latent)] * 2  # loc and scale
+            + [(k * batch_size, a, b) for a, b in zip(dec, dec[1:])])  # k samples, one chain
 
 
 def flops_per_example(objective: str, k: int, batch_size: int, hidden, latent: int) -> float:
