@@ -125,9 +125,7 @@ from vaelab import train
 from vaelab.config import parse_params
 keras.utils.set_random_seed(0)
 model = train.Model(parse_params({"models": {"m": {"objective": "iwae", "k": 50}}}).models["m"])
-opt = keras.optimizers.Adam(1e-3, epsilon=1e-4)
-opt.build(model.variables)
-step = train.make_step(model, opt, dynamic=True, jit=False)
+step = train.make_step(model, train.make_optimizer(model, 1e-3), dynamic=True, jit=False)
 xs = tf.constant(np.random.default_rng(0).random((800, 784), np.float32))
 train.train_epoch(step, xs, np.arange(800), 100, 0, 0, 4)
 np.savez(sys.argv[1], *(model.encoder.get_weights() + model.decoder.get_weights()))

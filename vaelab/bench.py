@@ -137,13 +137,10 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
         "model": {"hidden": list(hidden), "latent": latent, "precision": precision},
         "train": train_cfg,
         "models": {"m": {"objective": objective, "k": k}},
-    })
+    }, file="vaelab.bench options")
     per_call = params.models["m"].train.steps_per_execution
-    import keras
-
     model = train.Model(params.models["m"])
-    opt = keras.optimizers.Adam(1e-3, epsilon=1e-4)
-    opt.build(model.variables)
+    opt = train.make_optimizer(model, params.models["m"].train.learning_rate)
     steps = -(-steps // per_call) * per_call
     n = steps * batch_size
     xs = tf.constant(np.random.default_rng(0).random((n, 784), np.float32))
@@ -295,4 +292,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run
+
+    run(main, "bench")

@@ -51,7 +51,7 @@ class ModelConfig:
     decoder: str = "bernoulli"
     # Gaussian decoder only: a positive float fixes sigma, "learned" makes it an output.
     decoder_scale: float | str = "learned"
-    # "mixed_bfloat16": hidden layers multiply in bfloat16, outputs and log-probs in float32
+    # "mixed_bfloat16": every Dense layer multiplies in bfloat16; log-probs stay float32
     precision: str = "float32"
 
 

@@ -25,6 +25,8 @@ N_PIXELS = 784
 
 class MissingModelError(UserError, FileNotFoundError):
     """A model folder lacks its files: it was never trained, or training did not finish."""
+
+
 # softplus can underflow to 0 for a very negative pre-activation; a floor keeps log q(z|x)
 # and the Gaussian log-likelihood finite. Small next to any scale a trained model uses.
 SCALE_FLOOR = 1e-4

@@ -82,6 +82,14 @@ class Model:
         return self.encoder.trainable_variables + self.decoder.trainable_variables
 
 
+def make_optimizer(model: Model, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam with epsilon 1e-4 as Burda et al., its slots built for the model's variables
+    (so a checkpoint can be restored into it before the first step)."""
+    optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-4)
+    optimizer.build(model.variables)
+    return optimizer
+
+
 def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool, jit: bool):
     """Adam steps on n batches x [n, B, 784] with stateless seeds [n, 2], one after another
     inside one compiled call (n is x's leading dimension, unrolled; Keras calls it
@@ -219,18 +227,18 @@ class Progress:
 
 
 def train_epoch(step, xs: tf.Tensor, order: np.ndarray, batch_size: int, seed: int,
-                first_step: int, steps_per_call: int = 1) -> tuple[dict, int | None]:
-    """One pass over xs [N, 784] in `order`, up to `steps_per_call` batches per `step` call
-    (make_step); the seed of the epoch's i-th step is (seed, first_step + i). Returns the
-    logged terms summed over examples, and the index of the first step whose loss or
-    gradient was non-finite (None when every step was finite); it stops at the call that
-    holds that step. `python -m vaelab.bench` times this."""
+                first_step: int, steps_per_execution: int = 1) -> tuple[dict, int | None]:
+    """One pass over xs [N, 784] in `order`, up to `steps_per_execution` batches per call
+    of `step` (make_step); the seed of the epoch's i-th step is (seed, first_step + i).
+    Returns the logged terms summed over examples, and the index of the first step whose
+    loss or gradient was non-finite (None when every step was finite); it stops at the call
+    that holds that step. `python -m vaelab.bench` times this."""
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
     sums: dict[str, float] = {}
     i = 0
     while i < len(batches):
         j = i + 1  # batches i..j-1 go in one call: same size, so a short last one goes alone
-        while j < len(batches) and j - i < steps_per_call and len(batches[j]) == len(batches[i]):
+        while j < len(batches) and j - i < steps_per_execution and len(batches[j]) == len(batches[i]):
             j += 1
         seeds = tf.constant([[seed, first_step + s] for s in range(i, j)])  # [n, 2]
         logs, finite = step(tf.gather(xs, np.stack(batches[i:j])), seeds)  # [n, B, 784] in
@@ -258,8 +266,7 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     t = run.train
     keras.utils.set_random_seed(t.seed)
     model = Model(run)
-    optimizer = keras.optimizers.Adam(t.learning_rate, epsilon=1e-4)  # epsilon as Burda et al.
-    optimizer.build(model.variables)
+    optimizer = make_optimizer(model, t.learning_rate)
     dynamic = run.data.binarize == "dynamic"
     step = make_step(model, optimizer, dynamic, t.jit)
     eval_fn = make_eval(model, t.jit)
