@@ -1,11 +1,8 @@
 """DVC stage `evaluate`: measure every trained model on the fixed test set, turn the
 article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for vaelab
-
-from vaelab.quiet import silence_tf  # noqa: E402
+from vaelab.quiet import silence_tf
 
 silence_tf()
 

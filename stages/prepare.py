@@ -1,11 +1,8 @@
 """DVC stage `prepare`: the configured data source -> train/valid/test .npz files."""
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for vaelab
-
-from vaelab import cli, data  # noqa: E402
-from vaelab.config import load_params  # noqa: E402
+from vaelab import cli, data
+from vaelab.config import load_params
 
 
 def main():

@@ -1,10 +1,7 @@
 """DVC stage `train@<name>`: train one entry of `models:` and log it as one MLflow run."""
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for vaelab
-
-from vaelab.quiet import silence_tf  # noqa: E402
+from vaelab.quiet import silence_tf
 
 silence_tf()
 

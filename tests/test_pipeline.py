@@ -141,7 +141,7 @@ def test_changing_one_k_reruns_only_its_branch(repo, first_run):
 
 def test_unreachable_tracking_server_fails_fast_and_writes_nothing(repo, first_run):
     out_dir = repo / "models" / "unreachable"
-    out = sh(repo, sys.executable, "stages/train.py", "--name", "vae", "--out", str(out_dir),
+    out = sh(repo, sys.executable, "-m", "stages.train", "--name", "vae", "--out", str(out_dir),
              "--metrics", "m.json", "--curve", "c.csv", check=False,
              MLFLOW_TRACKING_URI="http://127.0.0.1:9")
     assert out.returncode == 2
@@ -152,7 +152,7 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(repo, first_r
 
 def test_tracking_uri_override(repo, first_run, tmp_path):
     other = tmp_path / "other.db"
-    out = sh(repo, sys.executable, "stages/train.py", "--name", "prior",
+    out = sh(repo, sys.executable, "-m", "stages.train", "--name", "prior",
              "--out", str(tmp_path / "prior"), "--metrics", str(tmp_path / "m.json"),
              "--curve", str(tmp_path / "c.csv"), MLFLOW_TRACKING_URI=f"sqlite:///{other}")
     assert out.returncode == 0

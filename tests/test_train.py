@@ -214,7 +214,7 @@ STAGE_PARAMS = {
 
 
 def stage(repo: Path, script: str, *args, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, f"stages/{script}.py", *args], cwd=repo,
+    out = subprocess.run([sys.executable, "-m", f"stages.{script}", *args], cwd=repo,
                          capture_output=True, text=True, env=env_for(), timeout=600)
     if check and out.returncode != 0:
         raise AssertionError(f"{script} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
@@ -283,7 +283,7 @@ def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path):
     ref_weights = model_weights(ref / "models" / "vae")
 
     repo = prepared_repo(tmp_path / "killed", params)
-    proc = subprocess.Popen([sys.executable, "stages/train.py", "--name", "vae"], cwd=repo,
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "--name", "vae"], cwd=repo,
                             env=env_for(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
