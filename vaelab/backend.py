@@ -61,6 +61,15 @@ def uniform(shape, s):
     return tf.random.stateless_uniform(shape, s)
 
 
+def mean(x, axis=None):
+    """The mean in x's own precision. keras.ops.mean on JAX computes float64 input in
+    float32 (Keras' dtype promotion), which the float64 maths tests cannot accept; on TF
+    it is tf.reduce_mean, as keras.ops.mean there."""
+    if NAME == "jax":
+        return jnp.mean(x, axis=axis)
+    return tf.reduce_mean(x, axis=axis)
+
+
 def gather(x, idx):
     """Rows idx of x, on x's device."""
     if NAME == "jax":

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 
 from keras import ops
 
+from . import backend
 from .backend import tfd
 
 Tensor = Any  # the active Keras backend's tensor (a TF tensor or a JAX array)
@@ -47,7 +48,7 @@ def iwae_from_log_weights(log_w: Tensor) -> Tensor:
 def elbo_from_log_weights(log_w: Tensor) -> Tensor:
     """The k-sample average ELBO, (1/k) sum_i log w_i. [k, B] -> [B]. By Jensen it is
     <= iwae_from_log_weights on the same log-weights."""
-    return ops.mean(log_w, axis=0)
+    return backend.mean(log_w, axis=0)
 
 
 def effective_sample_size(log_w: Tensor) -> Tensor:
@@ -77,7 +78,7 @@ def elbo_analytic(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     """Eq. (4): one posterior sample for log p(x|z), the KL term in closed form.
     With k > 1 the reconstruction term is averaged over k samples."""
     z = q.sample(k, seed=seed)  # [k, B, latent]
-    distortion = -ops.mean(decode(z).log_prob(x), axis=0)  # [B]
+    distortion = -backend.mean(decode(z).log_prob(x), axis=0)  # [B]
     rate = tfd.kl_divergence(q, p_z)  # [B]
     return Bound(-(distortion + rate), {"distortion": distortion, "rate": rate})
 
@@ -86,8 +87,8 @@ def elbo_mc(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     """Eq. (5): every term from the same single sample, KL included:
     log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x)."""
     log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
-    distortion = -ops.mean(log_px_z, 0)  # [B]
-    rate = ops.mean(log_qz - log_pz, 0)  # [B], a one-sample estimate of the KL
+    distortion = -backend.mean(log_px_z, 0)  # [B]
+    rate = backend.mean(log_qz - log_pz, 0)  # [B], a one-sample estimate of the KL
     return Bound(-(distortion + rate), {"distortion": distortion, "rate": rate})
 
 
@@ -97,8 +98,8 @@ def vae_k(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
     log_w = log_px_z + log_pz - log_qz  # [k, B]
     return Bound(elbo_from_log_weights(log_w), {
-        "distortion": -ops.mean(log_px_z, 0),
-        "rate": ops.mean(log_qz - log_pz, 0),
+        "distortion": -backend.mean(log_px_z, 0),
+        "rate": backend.mean(log_qz - log_pz, 0),
     })
 
 
@@ -108,8 +109,8 @@ def iwae(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
     log_w = log_px_z + log_pz - log_qz  # [k, B]
     return Bound(iwae_from_log_weights(log_w), {
-        "distortion": -ops.mean(log_px_z, 0),
-        "rate": ops.mean(log_qz - log_pz, 0),
+        "distortion": -backend.mean(log_px_z, 0),
+        "rate": backend.mean(log_qz - log_pz, 0),
         "ess": effective_sample_size(ops.stop_gradient(log_w)),
     })
 
