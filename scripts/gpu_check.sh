@@ -1,17 +1,52 @@
 #!/usr/bin/env bash
-# GPU check: which devices TensorFlow sees, the benchmark on the GPU (IWAE k=50 at batch 100
-# and at a large batch, L_5000, with and without XLA), and a tiny `dvc repro` on the GPU.
-# About 5 minutes once the packages are installed.
+# GPU check. Two paths:
 #
+# BACKEND=tensorflow (default): which devices TensorFlow sees, the benchmark on the GPU (IWAE
+# k=50 at batch 100 and at a large batch, L_5000, with and without XLA), and a tiny
+# `dvc repro` on the GPU. About 5 minutes once the packages are installed.
 #   scripts/gpu_check.sh                 installs the CUDA build of TensorFlow into .venv-gpu
 #                                        (needs PyPI), then runs the checks
 #   PYTHON=/path/to/python scripts/gpu_check.sh
 #                                        uses an environment that already has it
-#   ALLOW_CPU=1 ...                      runs the checks even where no GPU is visible
-#                                        (to try this script itself on a CPU machine)
 # Writes gpu_bench.json and gpu_bench_xla.json in the repo root.
+#
+# BACKEND=jax: for a machine with CUDA and JAX but no TensorFlow, MLflow, DVC or network.
+# The pure-Python wheels it lacks (keras, tfp-nightly and their dependencies, see the
+# README) travel in .whl/ (git-ignored) and are installed offline into /tmp/site. Runs
+# `python -m vaelab.gpucheck`: the devices JAX sees, the benchmark rows, and the default
+# params' models trained and evaluated on mnist5k. Writes gpu_check_jax.json in the repo
+# root (GPUCHECK_ARGS adds options, e.g. "--epochs 50" or "--quick").
+#   BACKEND=jax scripts/gpu_check.sh
+#
+# ALLOW_CPU=1 runs the checks even where no GPU is visible (to try this script on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${BACKEND:-tensorflow}" = jax ]; then
+  PYTHON=${PYTHON:-python3}
+  if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}  # this checkout's vaelab
+  export KERAS_BACKEND=jax
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  "$PYTHON" - <<'PY'
+import os
+import jax
+devices = jax.devices()
+print("JAX", jax.__version__, "sees:", devices)
+if not any(d.platform == "gpu" for d in devices):
+    if not os.environ.get("ALLOW_CPU"):
+        raise SystemExit("no GPU visible to JAX: check the driver and JAX's CUDA wheels "
+                         "(pip install 'jax[cuda13]')")
+    print("no GPU: running on the CPU (ALLOW_CPU)")
+PY
+  # shellcheck disable=SC2086
+  "$PYTHON" -m vaelab.gpucheck --json gpu_check_jax.json ${GPUCHECK_ARGS:-}
+  exit 0
+fi
+
 if [ -z "${PYTHON:-}" ]; then
   if [ ! -x .venv-gpu/bin/python ]; then
     python3 -m venv .venv-gpu

@@ -2,12 +2,9 @@
 article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
 from pathlib import Path
 
-from vaelab.quiet import silence_tf
-
-silence_tf()
-
-from vaelab import cli, data, evaluate, figures, io, report, tracking  # noqa: E402
-from vaelab.config import load_params  # noqa: E402
+from vaelab import cli
+from vaelab.config import load_params
+from vaelab.quiet import use_backend
 
 
 def main():
@@ -18,6 +15,8 @@ def main():
     p.add_argument("--report", default="reports", help="folder for report.md and figures/")
     args = p.parse_args()
     params = load_params(args.params)
+    use_backend(params.train.backend)  # before anything imports Keras; any model loads on it
+    from vaelab import data, evaluate, io, report, tracking
     cfg = params.evaluate
     names = cli.model_names(params, None)
     client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
@@ -59,6 +58,7 @@ def main():
 
 def write_figures(folder, loaded, results, test, params, ref):
     """The report's PNGs; returns [(title, file name)]."""
+    from vaelab import evaluate, figures
     n = min(64, params.sample.n)
     figures.side_by_side(folder / "samples.png",
                          {name: evaluate.prior_samples_of(m, n, params.sample.seed)

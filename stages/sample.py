@@ -1,12 +1,9 @@
 """DVC stage `sample`: draw digits from each trained model's prior, save a grid, log it."""
 from pathlib import Path
 
-from vaelab.quiet import silence_tf
-
-silence_tf()
-
-from vaelab import cli, evaluate, figures, tracking  # noqa: E402
-from vaelab.config import load_params  # noqa: E402
+from vaelab import cli
+from vaelab.config import load_params
+from vaelab.quiet import use_backend
 
 
 def main():
@@ -16,6 +13,8 @@ def main():
     p.add_argument("names", nargs="*", help="models to sample (default: all in params.yaml)")
     args = p.parse_args()
     params = load_params(args.params)
+    use_backend(params.train.backend)  # before anything imports Keras
+    from vaelab import evaluate, figures, tracking
     names = cli.model_names(params, args.names)
     client, _ = tracking.connect(params.mlflow.experiment)
     for name in names:

@@ -1,12 +1,9 @@
 """DVC stage `train@<name>`: train one entry of `models:` and log it as one MLflow run."""
 from pathlib import Path
 
-from vaelab.quiet import silence_tf
-
-silence_tf()
-
-from vaelab import cli, data, io, models, tracking, train  # noqa: E402
-from vaelab.config import load_params  # noqa: E402
+from vaelab import cli
+from vaelab.config import load_params
+from vaelab.quiet import use_backend
 
 
 def main():
@@ -20,6 +17,8 @@ def main():
     params = load_params(args.params)
     [name] = cli.model_names(params, [args.name])
     run = params.models[name]
+    use_backend(run.train.backend)  # before anything imports Keras
+    from vaelab import backend, data, io, models, tracking, train
     out = Path(args.out or f"models/{name}")
     metrics_path = Path(args.metrics or f"metrics/train/{name}.json")
     curve_path = Path(args.curve or f"metrics/curves/{name}.csv")
@@ -33,7 +32,9 @@ def main():
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
           f"{len(x_train)} digits" + (f", resuming after epoch {meta['epoch']}" if meta else ""))
 
-    tags = tracking.run_tags(f"train@{name}", {"objective": run.objective, "k": run.k})
+    tags = tracking.run_tags(f"train@{name}", {"objective": run.objective, "k": run.k,
+                                                "vaelab.backend": backend.NAME,
+                                                "vaelab.device": ", ".join(backend.devices())})
     with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), tags,
                             run_id=resume_id) as log:
         # Epochs past the checkpoint that the killed run had logged already are trained

@@ -23,7 +23,7 @@ silence_tf()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
 
 from repo_copy import env_for, make_repo, merge  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
@@ -175,7 +175,7 @@ def test_injected_nan_stops_with_last_good_checkpoint_kept(digits, tmp_path, mon
         seen["model"] = model
 
         def poisoned(x, seeds):  # [n, B, 784], [n, 2] = (seed, global step)
-            nan_at = tf.where(seeds[:, 1] == poison_at, np.nan, 1.0)[:, None, None]
+            nan_at = ops.where(seeds[:, 1] == poison_at, np.nan, 1.0)[:, None, None]
             return step(x * nan_at, seeds)
 
         return poisoned

@@ -8,6 +8,9 @@ repeats. Prints a table and writes JSON.
 
 `--levers` times each speed lever (XLA, bfloat16, thread counts, tf.data, steps per call,
 TFP's own Bernoulli log_prob) in a process of its own, next to the defaults.
+
+`--backend jax` times the same code on Keras' JAX backend (TFP's JAX substrate); the
+backend is chosen before Keras is imported, so this module imports Keras lazily.
 """
 from __future__ import annotations
 
@@ -21,15 +24,9 @@ import sys
 import tempfile
 import time
 
-from .quiet import silence_tf
+import numpy as np
 
-silence_tf()
-
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from . import evaluate, models, train  # noqa: E402
-from .config import parse_params  # noqa: E402
+from .config import parse_params
 
 THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -58,12 +55,21 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _normal(*shape, seed=0):
+    from keras import ops
+
+    return ops.convert_to_tensor(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a = tf.random.stateless_normal([n, n], seed=[0, 1])
-    b = tf.random.stateless_normal([n, n], seed=[0, 2])
-    mm = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
-    mm().numpy()
-    return 2 * n**3 / _median_time(lambda: mm().numpy(), repeats) / 1e9
+    from keras import ops
+
+    from . import backend
+
+    a, b = _normal(n, n, seed=1), _normal(n, n, seed=2)
+    mm = backend.compile(lambda a, b: ops.sum(ops.matmul(a, b)), [])
+    np.asarray(mm(a, b))
+    return 2 * n**3 / _median_time(lambda: np.asarray(mm(a, b)), repeats) / 1e9
 
 
 def step_matmuls(objective: str, k: int, batch_size: int, hidden, latent: int):
@@ -90,24 +96,27 @@ def matmul_seconds(objective: str, k: int, batch_size: int, hidden, latent: int,
     """Time of one training step's matmuls alone (forward and backward, same shapes, one
     compiled call): set against the step's time it says what share of a step is matmul
     work and what share is everything else (element-wise work, per-op overhead)."""
-    shapes = step_matmuls(objective, k, batch_size, hidden, latent)
-    rand = lambda *s: tf.random.stateless_normal(s, seed=[0, len(s)])  # noqa: E731
-    xs = [rand(m, a) for m, a, _ in shapes]
-    ws = [rand(a, b) for _, a, b in shapes]
-    gs = [rand(m, b) for m, _, b in shapes]
+    from keras import ops
 
-    @tf.function
-    def matmuls():
+    from . import backend
+
+    shapes = step_matmuls(objective, k, batch_size, hidden, latent)
+    xs = [_normal(m, a, seed=i) for i, (m, a, _) in enumerate(shapes)]
+    ws = [_normal(a, b, seed=100 + i) for i, (_, a, b) in enumerate(shapes)]
+    gs = [_normal(m, b, seed=200 + i) for i, (m, _, b) in enumerate(shapes)]
+
+    def matmuls(xs, ws, gs):
         total = 0.0
         for i, (x, w, g) in enumerate(zip(xs, ws, gs)):
-            # a slice of each result is summed, so no product is pruned as unused
-            total += tf.reduce_sum((x @ w)[:1]) + tf.reduce_sum(tf.matmul(x, g, transpose_a=True)[:1])
+            # every product is summed whole: a sliced one XLA could shrink to the slice
+            total += ops.sum(ops.matmul(x, w)) + ops.sum(ops.matmul(ops.transpose(x), g))
             if i:
-                total += tf.reduce_sum(tf.matmul(g, w, transpose_b=True)[:1])
+                total += ops.sum(ops.matmul(g, ops.transpose(w)))
         return total
 
-    matmuls().numpy()
-    return _median_time(lambda: matmuls().numpy(), 2 * repeats)
+    compiled = backend.compile(matmuls, [])
+    np.asarray(compiled(xs, ws, gs))
+    return _median_time(lambda: np.asarray(compiled(xs, ws, gs)), 2 * repeats)
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,6 +124,8 @@ def matmul_seconds(objective: str, k: int, batch_size: int, hidden, latent: int,
 
 def _tfdata_epoch(step, xs, order, batch_size, first_step, per_call):
     """train.train_epoch fed by tf.data with prefetch (a lever, not what training does)."""
+    import tensorflow as tf
+
     ds = (tf.data.Dataset.from_tensor_slices(order.reshape(-1, batch_size))
           .map(lambda idx: tf.gather(xs, idx)).batch(per_call).prefetch(tf.data.AUTOTUNE))
     for c, xb in enumerate(ds):  # [n, B, 784]
@@ -130,6 +141,10 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
                 hidden=(200, 200), latent: int = 50, jit: bool = False,
                 precision: str = "float32", feed: str = "gather",
                 steps_per_execution: int | None = None) -> dict:
+    from keras import ops
+
+    from . import train
+
     train_cfg = {"batch_size": batch_size, "jit": jit}
     if steps_per_execution is not None:
         train_cfg["steps_per_execution"] = steps_per_execution
@@ -143,7 +158,7 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
     opt = train.make_optimizer(model, params.models["m"].train.learning_rate)
     steps = -(-steps // per_call) * per_call
     n = steps * batch_size
-    xs = tf.constant(np.random.default_rng(0).random((n, 784), np.float32))
+    xs = ops.convert_to_tensor(np.random.default_rng(0).random((n, 784), np.float32))
     step = train.make_step(model, opt, dynamic=True, jit=jit)
     epochs = iter(range(10**9))
 
@@ -166,6 +181,8 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
 
 def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
                jit: bool = False, precision: str = "float32") -> dict:
+    from . import evaluate, train
+
     params = parse_params({"model": {"precision": precision},
                            "models": {"m": {"objective": "elbo_analytic"}}})
     model = train.Model(params.models["m"])
@@ -198,24 +215,32 @@ def run_levers(names: list[str], passthrough: list[str]) -> list[dict]:
     """Each lever in a fresh process (`defaults` first and last, to show the drift between
     identical runs); returns their JSON results and prints one line per lever."""
     order = ["defaults", *[n for n in names if n != "defaults"], "defaults"]
+    return run_variants([(name, *LEVERS[name]) for name in order], passthrough, "lever")
+
+
+def run_variants(variants: list[tuple[str, list, dict]], passthrough: list[str],
+                 label: str) -> list[dict]:
+    """Each (name, extra arguments, extra environment) in a fresh process; prints one line
+    per variant, each figure also as % of the first variant (of the mean of its runs)."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, name in enumerate(order):
-            args, env = LEVERS[name]
+        for i, (name, args, env) in enumerate(variants):
             path = os.path.join(tmp, f"{i}.json")
             cmd = [sys.executable, "-m", "vaelab.bench", *passthrough, *args, "--json", path]
             subprocess.run(cmd, env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
             with open(path) as f:
-                out.append({"lever": name, **json.load(f)})
+                out.append({label: name, **json.load(f)})
     figures = [{r["what"]: r.get("samples_per_s", r.get("images_per_s"))
                 for r in o["results"][1:]} for o in out]
     cols = list(figures[0])
-    print(f"{'lever':<18}" + "".join(f"{c:>38}" for c in cols))
-    base = {c: statistics.mean([figures[0][c], figures[-1][c]]) for c in cols}
+    print(f"{label:<18}" + "".join(f"{c:>38}" for c in cols))
+    first = [fig for o, fig in zip(out, figures) if o[label] == out[0][label]]
+    base = {c: statistics.mean([fig[c] for fig in first]) for c in cols}
     for o, fig in zip(out, figures):
         cells = "".join(f"{fig[c]:>28,.1f} ({100 * (fig[c] / base[c] - 1):+4.0f}%)" for c in cols)
-        print(f"{o['lever']:<18}{cells}")
-    print("(%: against the mean of the two `defaults` runs)")
+        print(f"{o[label]:<18}{cells}")
+    runs = f"the mean of the {len(first)} `{out[0][label]}` runs" if len(first) > 1 else f"`{out[0][label]}`"
+    print(f"(%: against {runs})")
     return out
 
 
@@ -244,8 +269,30 @@ def main(argv=None) -> dict:
     p.add_argument("--levers", nargs="*", choices=sorted(LEVERS), metavar="LEVER",
                    help=f"time these levers (all when none is named), each in its own "
                         f"process with the other options given: {', '.join(LEVERS)}")
+    p.add_argument("--backend", nargs="+", choices=("tensorflow", "jax"), default=None,
+                   help="Keras backend(s) to time (default: KERAS_BACKEND, else tensorflow); "
+                        "several: each in its own process, side by side")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+
+    if args.backend is not None and len(args.backend) > 1:
+        if args.levers is not None:
+            raise SystemExit("bench: error: --levers and several --backend: time the levers "
+                             "of one backend at a time")
+        raw = argv if argv is not None else sys.argv[1:]
+        passthrough = [a for a in raw if a != "--backend" and a not in args.backend]
+        variants = [(b, ["--backend", b], {}) for b in args.backend]
+        out = {"backends": run_variants(variants, passthrough, "backend")}
+        if args.json:
+            from .io import write_json
+
+            write_json(args.json, out)
+        return out
+
+    from .quiet import use_backend
+
+    use_backend(args.backend[0] if args.backend else os.environ.get("KERAS_BACKEND", "tensorflow"))
+    from . import backend, models
 
     if args.levers is not None:
         skip = {"--levers"} | set(LEVERS)
@@ -260,7 +307,8 @@ def main(argv=None) -> dict:
     if args.tfp_bernoulli:
         models.BernoulliLogits = models.tfd.Bernoulli
     threads = {v: os.environ.get(v, "TF default") for v in THREAD_VARS}
-    devices = [d.name for d in tf.config.list_logical_devices()]
+    devices = backend.devices()
+    versions = backend.versions()
     rows = []
     peak = matmul_gflops()
     rows.append({"what": "fp32 matmul 2048x2048", "gflops": peak})
@@ -276,11 +324,12 @@ def main(argv=None) -> dict:
                                precision=args.precision))
 
     print(f"devices: {', '.join(devices)}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, TF {tf.__version__}, XLA {'on' if args.jit else 'off'}, "
+          f"{os.cpu_count()} cores, " + ", ".join(f"{k} {v}" for k, v in versions.items())
+          + f", XLA {'on' if args.jit or backend.NAME == 'jax' else 'off'}, "
           f"{args.precision}, threads intra/inter-op: {'/'.join(threads.values())}, "
           f"steps per call: {args.steps_per_execution or 'params default'}, feed: {args.feed}")
     _print_table(rows, peak)
-    out = {"devices": devices, "tensorflow": tf.__version__, "jit": args.jit,
+    out = {"devices": devices, **versions, "jit": args.jit,
            "precision": args.precision, "feed": args.feed, "threads": threads,
            "steps_per_execution": args.steps_per_execution, "tfp_bernoulli": args.tfp_bernoulli,
            "results": rows}

@@ -22,6 +22,7 @@ ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
 DECODERS = ("bernoulli", "gaussian")
 OBJECTIVES = ("elbo_analytic", "elbo_mc", "vae_k", "iwae", "prior_mc")
 PRECISIONS = ("float32", "mixed_bfloat16")
+BACKENDS = ("tensorflow", "jax")  # Keras backends; TFP's substrate follows (vaelab.backend)
 
 
 class UserError(Exception):
@@ -64,6 +65,8 @@ class TrainConfig:
     checkpoint_every: int = 10
     steps_per_execution: int = 4
     jit: bool = False
+    # Keras backend of the process: results differ by random stream, so it is a param
+    backend: str = "tensorflow"
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     c.integer(t.checkpoint_every, f"{key}.checkpoint_every", low=1)
     c.integer(t.steps_per_execution, f"{key}.steps_per_execution", low=1)
     c.boolean(t.jit, f"{key}.jit")
+    c.choice(t.backend, f"{key}.backend", BACKENDS)
     return dataclasses.replace(t, learning_rate=lr)
 
 

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
-from . import models
+from . import backend, models
+from .backend import tfd
 from .config import EvaluateConfig
 from .objectives import OBJECTIVES, iwae, iwae_from_log_weights
-
-tfd = tfp.distributions
 
 
 @dataclass
@@ -38,7 +36,7 @@ class Loaded:
     encoder: keras.Model
     decoder: keras.Model
     info: dict
-    jit: bool = False  # XLA: L_5000 4x slower on the CPU (vaelab.bench --levers xla)
+    jit: bool = False  # TF only, XLA: L_5000 4x slower on the CPU (vaelab.bench --levers xla)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "Loaded":
@@ -58,12 +56,12 @@ class Loaded:
         return models.prior(self.latent), models.make_decode(self.decoder, self.kind)
 
     def compiled(self, key, build):
-        """A tf.function made once per model and key, so repeated calls (batches, repeats,
-        the benchmark) reuse one trace instead of tracing again."""
+        """A compiled function (tf.function or jax.jit) made once per model and key, so
+        repeated calls (batches, repeats, the benchmark) reuse one trace."""
         cache = self.__dict__.setdefault("_compiled", {})
         if key not in cache:
-            cache[key] = tf.function(build(*self.parts()), jit_compile=self.jit,
-                                     reduce_retracing=True)
+            cache[key] = backend.compile(build(*self.parts()),
+                                         self.encoder.variables + self.decoder.variables, self.jit)
         return cache[key]
 
 
@@ -87,12 +85,12 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     out = np.empty((k, len(x)), np.float32)
     kl = np.empty(len(x), np.float32)
     for b, start in enumerate(range(0, len(x), batch_size)):
-        xb = tf.constant(x[start:start + batch_size])
+        xb = ops.convert_to_tensor(x[start:start + batch_size])
         for c, s0 in enumerate(range(0, k, chunk)):
-            lw, kl_b = chunk_fn(xb, tf.constant([seed, b * 100_003 + c]))
+            lw, kl_b = chunk_fn(xb, backend.seed(seed, b * 100_003 + c))
             n = min(chunk, k - s0)
-            out[s0:s0 + n, start:start + len(xb)] = lw.numpy()[:n]
-        kl[start:start + len(xb)] = kl_b.numpy()
+            out[s0:s0 + n, start:start + len(xb)] = np.asarray(lw)[:n]
+        kl[start:start + len(xb)] = np.asarray(kl_b)
     return out, kl
 
 
@@ -112,7 +110,7 @@ def l_k(log_w: np.ndarray, k: int) -> np.ndarray:
     if groups < 1:
         raise ValueError(f"L_{k} needs at least {k} log-weights, got {log_w.shape[0]}")
     grouped = log_w[:groups * k].reshape(groups, k, -1)  # [groups, k, N]
-    return iwae_from_log_weights(tf.constant(np.moveaxis(grouped, 1, 0))).numpy().mean(0)
+    return np.asarray(iwae_from_log_weights(ops.convert_to_tensor(np.moveaxis(grouped, 1, 0)))).mean(0)
 
 
 def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
@@ -156,21 +154,24 @@ def gradient_snr(m: Loaded, x: np.ndarray, k: int, repeats: int, seed: int) -> d
     enc_vars, dec_vars = m.encoder.trainable_variables, m.decoder.trainable_variables
 
     def build(p_z, decode):
+        def loss(xb, s):
+            q = models.posterior(m.encoder, xb)
+            return -ops.mean(iwae(xb, q, p_z, decode, k, s).bound)
+
+        loss_and_grads = backend.value_and_grad(loss, enc_vars + dec_vars)
+
         def grads(xb, s):
-            with tf.GradientTape() as tape:
-                q = models.posterior(m.encoder, xb)
-                loss = -tf.reduce_mean(iwae(xb, q, p_z, decode, k, s).bound)
-            g = tape.gradient(loss, enc_vars + dec_vars)
-            flat = lambda gs: tf.concat([tf.reshape(t, [-1]) for t in gs], 0)  # noqa: E731
+            g = loss_and_grads(xb, s)[1]
+            flat = lambda gs: ops.concatenate([ops.reshape(t, [-1]) for t in gs], 0)  # noqa: E731
             return flat(g[:len(enc_vars)]), flat(g[len(enc_vars):])
 
         return grads
 
     grads = m.compiled(("snr", k), build)
-    xb = tf.constant(x)
+    xb = ops.convert_to_tensor(x)
     sums = None
     for r in range(repeats):
-        ge, gd = (t.numpy().astype(np.float64) for t in grads(xb, tf.constant([seed, r])))
+        ge, gd = (np.asarray(t).astype(np.float64) for t in grads(xb, backend.seed(seed, r)))
         if sums is None:
             sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
         sums[0] += ge
@@ -188,16 +189,16 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
                           seed: int) -> np.ndarray:
     """log p(x|z_i) for k draws z_i ~ p(z) shared by all examples, as in eq. (7). [k, N].
     Grouped like log-weights (`bound_ladder`), it gives eq. (7)'s estimate for every k."""
-    z = models.prior(m.latent).sample(k, seed=tf.constant([seed, 7]))  # [k, latent]
+    z = models.prior(m.latent).sample(k, seed=backend.seed(seed, 7))  # [k, latent]
     # [chunk, 1, 784] against [B, 784] broadcasts to [chunk, B]
     chunk_fn = m.compiled(("prior", chunk), lambda p_z, decode: (
         lambda zc, xb: decode(zc[:, None, :]).log_prob(xb)))
 
     out = np.empty((k, len(x)), np.float32)
     for start in range(0, len(x), batch_size):
-        xb = tf.constant(x[start:start + batch_size])
+        xb = ops.convert_to_tensor(x[start:start + batch_size])
         for s0 in range(0, k, chunk):
-            out[s0:s0 + chunk, start:start + len(xb)] = chunk_fn(z[s0:s0 + chunk], xb).numpy()
+            out[s0:s0 + chunk, start:start + len(xb)] = np.asarray(chunk_fn(z[s0:s0 + chunk], xb))
     return out
 
 
@@ -208,9 +209,9 @@ def own_bound(m: Loaded, x: np.ndarray, seed: int, batch_size: int = 100) -> flo
     k = int(m.info["k"])
     total = 0.0
     for i in range(0, len(x), batch_size):
-        xb = tf.constant(x[i:i + batch_size])
+        xb = ops.convert_to_tensor(x[i:i + batch_size])
         q = models.posterior(m.encoder, xb)
-        total += float(tf.reduce_sum(objective(xb, q, p_z, decode, k, tf.constant([seed, i])).bound))
+        total += float(ops.sum(objective(xb, q, p_z, decode, k, backend.seed(seed, i)).bound))
     return total / len(x)
 
 
@@ -222,14 +223,14 @@ def prior_samples(folder: str | Path, n: int, seed: int) -> np.ndarray:
 
 
 def prior_samples_of(m: Loaded, n: int, seed: int) -> np.ndarray:
-    z = models.prior(m.latent).sample(n, seed=tf.constant([seed, 0]))  # [n, latent]
-    return models.decoder_mean(m.decoder, m.kind, z).numpy()
+    z = models.prior(m.latent).sample(n, seed=backend.seed(seed, 0))  # [n, latent]
+    return np.asarray(models.decoder_mean(m.decoder, m.kind, z))
 
 
 def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
     """E[x|z] at z = the posterior mean: what the model keeps of each digit. [N, 784]."""
-    loc = models.posterior(m.encoder, tf.constant(x)).distribution.loc  # [N, latent]
-    return models.decoder_mean(m.decoder, m.kind, loc).numpy()
+    loc = models.posterior(m.encoder, ops.convert_to_tensor(x)).distribution.loc  # [N, latent]
+    return np.asarray(models.decoder_mean(m.decoder, m.kind, loc))
 
 
 def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:

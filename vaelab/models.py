@@ -1,10 +1,12 @@
 """Encoder and decoder networks (Keras, tensors in, tensors out) and the TFP distributions
 built from their outputs.
 
-Keras 3 layers must not carry TFP 0.25 distributions, so the networks return plain tensors
+Keras 3 layers must not carry TFP distributions, so the networks return plain tensors
 (`[loc, scale]` or logits) and the small factories below turn them into distributions. That
 split is also what makes the exported `encoder.keras` / `decoder.keras` loadable with plain
-`keras.saving.load_model(path)`: they hold built-in layers only.
+`keras.saving.load_model(path)`: they hold built-in layers only, so a model trained on one
+Keras backend loads on the other. The factories use `keras.ops` and the TFP substrate of the
+active backend (vaelab.backend), so they are written once for TensorFlow and JAX.
 """
 from __future__ import annotations
 
@@ -13,12 +15,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
+from .backend import tfd
 from .config import ModelConfig, UserError
-
-tfd = tfp.distributions
 
 N_PIXELS = 784
 
@@ -38,9 +38,9 @@ def _policy(precision: str) -> str | None:
     return None if precision == "float32" else precision
 
 
-def _float(t: tf.Tensor) -> tf.Tensor:
+def _float(t):
     """bfloat16 network outputs -> float32 for TFP; any other dtype is left alone."""
-    return tf.cast(t, tf.float32) if t.dtype == tf.bfloat16 else t
+    return ops.cast(t, "float32") if keras.backend.standardize_dtype(t.dtype) == "bfloat16" else t
 
 
 def _mlp(h, sizes, activation, prefix, precision):
@@ -96,7 +96,7 @@ ACTIVE_THRESHOLD = 1e-2  # Burda et al. 2015, section 5.2
 
 def posterior_params(encoder: keras.Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """loc and scale of q(z|x) as float32 arrays, [N, latent] each."""
-    loc, scale = encoder(tf.constant(x))
+    loc, scale = encoder(ops.convert_to_tensor(x))
     return np.asarray(loc, np.float32), np.asarray(scale, np.float32)
 
 
@@ -107,11 +107,11 @@ def active_mask(loc: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> np.ndar
 
 def prior(latent: int) -> tfd.Distribution:
     """p(z) = N(0, I), event shape [latent]."""
-    zeros = tf.zeros([latent])
-    return tfd.Independent(tfd.Normal(zeros, tf.ones([latent])), reinterpreted_batch_ndims=1)
+    zeros = ops.zeros([latent])
+    return tfd.Independent(tfd.Normal(zeros, ops.ones([latent])), reinterpreted_batch_ndims=1)
 
 
-def posterior(encoder: keras.Model, x: tf.Tensor) -> tfd.Distribution:
+def posterior(encoder: keras.Model, x) -> tfd.Distribution:
     """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]."""
     loc, scale = (_float(t) for t in encoder(x))  # [B, latent] each
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
@@ -128,7 +128,7 @@ class BernoulliLogits(tfd.Bernoulli):
 
     def _log_prob(self, event):
         logits = self.logits_parameter()
-        return tf.cast(event, logits.dtype) * logits - tf.nn.softplus(logits)
+        return ops.cast(event, logits.dtype) * logits - ops.softplus(logits)
 
 
 def make_decode(decoder: keras.Model, kind: str):
@@ -138,23 +138,23 @@ def make_decode(decoder: keras.Model, kind: str):
     batch of B cost one [k*B, latent] matmul chain, not k small ones.
     """
 
-    def decode(z: tf.Tensor) -> tfd.Distribution:
-        lead = tf.shape(z)[:-1]
-        flat = tf.reshape(z, [-1, z.shape[-1]])  # [k*B, latent]
+    def decode(z) -> tfd.Distribution:
+        lead = ops.shape(z)[:-1]  # static ints, or (TF, unknown size) scalar tensors
+        flat = ops.reshape(z, (-1, z.shape[-1]))  # [k*B, latent]
         out = decoder(flat)
-        unflat = lambda t: _float(tf.reshape(t, tf.concat([lead, [N_PIXELS]], 0)))  # noqa: E731
+        unflat = lambda t: _float(ops.reshape(t, (*lead, N_PIXELS)))  # noqa: E731
         if kind == "bernoulli":
-            return tfd.Independent(BernoulliLogits(logits=unflat(out), dtype=tf.float32), 1)
+            return tfd.Independent(BernoulliLogits(logits=unflat(out), dtype=np.float32), 1)
         loc, scale = out
         return tfd.Independent(tfd.Normal(unflat(loc), unflat(scale)), 1)
 
     return decode
 
 
-def decoder_mean(decoder: keras.Model, kind: str, z: tf.Tensor) -> tf.Tensor:
+def decoder_mean(decoder: keras.Model, kind: str, z):
     """E[x|z] [B, 784]: the picture a sample from the model shows."""
     out = decoder(z)
-    return tf.sigmoid(_float(out)) if kind == "bernoulli" else _float(out[0])
+    return ops.sigmoid(_float(out)) if kind == "bernoulli" else _float(out[0])
 
 
 # ---------------------------------------------------------------------------------------

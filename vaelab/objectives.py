@@ -17,41 +17,43 @@ its Monte Carlo estimate; for eq. (4) and (5), bound = -(distortion + rate).
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
-import tensorflow as tf
-import tensorflow_probability as tfp
+from keras import ops
 
-tfd = tfp.distributions
-Decode = Callable[[tf.Tensor], tfd.Distribution]
+from . import backend
+from .backend import tfd
+
+Tensor = Any  # the active Keras backend's tensor (a TF tensor or a JAX array)
+Decode = Callable[[Tensor], tfd.Distribution]
 
 
 class Bound(NamedTuple):
-    bound: tf.Tensor  # [B]
+    bound: Tensor  # [B]
     terms: dict  # name -> [B]
 
 
 # --------------------------------------------------------------------------------------
 # pure functions of log-weights, log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x)
 
-def iwae_from_log_weights(log_w: tf.Tensor) -> tf.Tensor:
+def iwae_from_log_weights(log_w: Tensor) -> Tensor:
     """Eq. (11): log (1/k) sum_i w_i, with the k samples on axis 0. [k, B] -> [B].
 
     logsumexp never exponentiates a large number, so log-weights of -500 nats are fine.
     """
-    k = tf.cast(tf.shape(log_w)[0], log_w.dtype)
-    return tf.reduce_logsumexp(log_w, axis=0) - tf.math.log(k)
+    k = ops.cast(ops.shape(log_w)[0], log_w.dtype)
+    return ops.logsumexp(log_w, axis=0) - ops.log(k)
 
 
-def elbo_from_log_weights(log_w: tf.Tensor) -> tf.Tensor:
+def elbo_from_log_weights(log_w: Tensor) -> Tensor:
     """The k-sample average ELBO, (1/k) sum_i log w_i. [k, B] -> [B]. By Jensen it is
     <= iwae_from_log_weights on the same log-weights."""
-    return tf.reduce_mean(log_w, axis=0)
+    return backend.mean(log_w, axis=0)
 
 
-def effective_sample_size(log_w: tf.Tensor) -> tf.Tensor:
+def effective_sample_size(log_w: Tensor) -> Tensor:
     """(sum w)^2 / sum w^2 per example, in [1, k]: how many samples really count. [k,B] -> [B]."""
-    return tf.exp(2.0 * tf.reduce_logsumexp(log_w, 0) - tf.reduce_logsumexp(2.0 * log_w, 0))
+    return ops.exp(2.0 * ops.logsumexp(log_w, 0) - ops.logsumexp(2.0 * log_w, 0))
 
 
 # --------------------------------------------------------------------------------------
@@ -76,7 +78,7 @@ def elbo_analytic(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     """Eq. (4): one posterior sample for log p(x|z), the KL term in closed form.
     With k > 1 the reconstruction term is averaged over k samples."""
     z = q.sample(k, seed=seed)  # [k, B, latent]
-    distortion = -tf.reduce_mean(decode(z).log_prob(x), axis=0)  # [B]
+    distortion = -backend.mean(decode(z).log_prob(x), axis=0)  # [B]
     rate = tfd.kl_divergence(q, p_z)  # [B]
     return Bound(-(distortion + rate), {"distortion": distortion, "rate": rate})
 
@@ -85,8 +87,8 @@ def elbo_mc(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     """Eq. (5): every term from the same single sample, KL included:
     log p(x|z) + log p(z) - log q(z|x), z ~ q(z|x)."""
     log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
-    distortion = -tf.reduce_mean(log_px_z, 0)  # [B]
-    rate = tf.reduce_mean(log_qz - log_pz, 0)  # [B], a one-sample estimate of the KL
+    distortion = -backend.mean(log_px_z, 0)  # [B]
+    rate = backend.mean(log_qz - log_pz, 0)  # [B], a one-sample estimate of the KL
     return Bound(-(distortion + rate), {"distortion": distortion, "rate": rate})
 
 
@@ -96,8 +98,8 @@ def vae_k(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
     log_w = log_px_z + log_pz - log_qz  # [k, B]
     return Bound(elbo_from_log_weights(log_w), {
-        "distortion": -tf.reduce_mean(log_px_z, 0),
-        "rate": tf.reduce_mean(log_qz - log_pz, 0),
+        "distortion": -backend.mean(log_px_z, 0),
+        "rate": backend.mean(log_qz - log_pz, 0),
     })
 
 
@@ -107,9 +109,9 @@ def iwae(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
     log_w = log_px_z + log_pz - log_qz  # [k, B]
     return Bound(iwae_from_log_weights(log_w), {
-        "distortion": -tf.reduce_mean(log_px_z, 0),
-        "rate": tf.reduce_mean(log_qz - log_pz, 0),
-        "ess": effective_sample_size(tf.stop_gradient(log_w)),
+        "distortion": -backend.mean(log_px_z, 0),
+        "rate": backend.mean(log_qz - log_pz, 0),
+        "ess": effective_sample_size(ops.stop_gradient(log_w)),
     })
 
 
@@ -123,10 +125,10 @@ def prior_mc(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     """
     z = p_z.sample(k, seed=seed)  # [k, latent]
     log_px_z = decode(z[:, None, :]).log_prob(x)  # [k, 1, 784] vs [B, 784] -> [k, B]
-    best = tf.reduce_max(log_px_z, 0)
+    best = ops.max(log_px_z, 0)
     return Bound(iwae_from_log_weights(log_px_z), {
         "distortion": -best,  # the one z that explains x best: who won the "fight"
-        "ess": effective_sample_size(tf.stop_gradient(log_px_z)),
+        "ess": effective_sample_size(ops.stop_gradient(log_px_z)),
     })
 
 

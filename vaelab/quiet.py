@@ -1,17 +1,41 @@
-"""Silence TensorFlow's start-up noise. Call `silence_tf()` before anything imports TF.
+"""Choose the Keras backend and silence TensorFlow's start-up noise, before Keras is imported.
+
+`use_backend(name)` is what stage scripts call once they have read params.yaml
+(`train.backend`); `silence_tf()` keeps KERAS_BACKEND as the environment sets it
+(tensorflow by default), for tests and tools that do not read params.
 
 TF_CPP_MIN_LOG_LEVEL hides most C++ logging, but TF 2.21 still prints absl lines (the
 "could not find cuda drivers" notice, the absl::InitializeLog warning) straight to file
 descriptor 2 while it loads, so stderr is pointed at /dev/null for the import alone.
-Real errors after the import reach the terminal as usual.
+Real errors after the import reach the terminal as usual. On the JAX backend TensorFlow is
+never imported (a GPU machine may have JAX only).
 """
 import os
 import sys
 
 
+def use_backend(name: str) -> None:
+    """Run Keras on `name`. Keras reads KERAS_BACKEND once, at its first import, so a process
+    that already imported it on another backend cannot switch: that is a bug, not a user
+    mistake, and raises RuntimeError."""
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != name:
+            raise RuntimeError(f"Keras already runs on {current}; cannot switch to {name} "
+                               "in this process (set KERAS_BACKEND before importing keras)")
+    os.environ["KERAS_BACKEND"] = name
+    if name == "tensorflow":
+        _import_tf_quietly()
+
+
 def silence_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if os.environ["KERAS_BACKEND"] == "tensorflow":
+        _import_tf_quietly()
+
+
+def _import_tf_quietly() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()

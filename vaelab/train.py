@@ -3,7 +3,9 @@
 Randomness is stateless: the step's seed is (train.seed, global step), and the epoch's
 shuffle is seeded by (train.seed, epoch). A run is therefore a pure function of its config,
 which is what makes it deterministic on the CPU and lets a resumed run end with the very
-same weights as one that was never interrupted.
+same weights as one that was never interrupted, on either Keras backend: only the compiled
+step differs (TF: tf.function + GradientTape; JAX: jax.jit + jax.value_and_grad + the
+optimizer's stateless_apply); the loss it differentiates is one function (`step_loss`).
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from . import backend
 from . import data as vdata
 from . import models
 from .config import RunConfig, UserError
@@ -90,35 +93,51 @@ def make_optimizer(model: Model, learning_rate: float) -> keras.optimizers.Optim
     return optimizer
 
 
+def step_loss(model: Model, x, seed, dynamic: bool):
+    """The loss one training step differentiates, on either backend: (loss, logs).
+    x [B, 784], seed a stateless seed [2]."""
+    bin_seed, z_seed = backend.split_seed(seed)
+    if dynamic:
+        # A fresh Bernoulli draw of every pixel each time the digit is seen
+        # (Burda et al. 2015): less overfitting than one fixed binarization.
+        x = ops.cast(backend.uniform(ops.shape(x), bin_seed) < x, "float32")
+    bound, terms = model.bound(x, z_seed)
+    logs = {"bound": ops.mean(bound)}
+    logs.update({n: ops.mean(t) for n, t in terms.items()})
+    return -ops.mean(bound), logs
+
+
+def _all_finite(loss, grads):
+    finite = ops.all(ops.isfinite(loss))
+    for g in grads:
+        finite = ops.logical_and(finite, ops.all(ops.isfinite(g)))
+    return finite
+
+
 def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool, jit: bool):
     """Adam steps on n batches x [n, B, 784] with stateless seeds [n, 2], one after another
     inside one compiled call (n is x's leading dimension, unrolled; Keras calls it
-    steps_per_execution). Returns (logs {name: [n]}, finite [n]).
+    steps_per_execution). Returns (logs {name: [n]}, finite [n]); the Keras variables of
+    the model and the optimizer hold the new state after each call, on both backends.
 
     Measured on 2 CPU cores (`python -m vaelab.bench --levers`): one step per call is
     6-12% slower for IWAE k=50 and 31-36% slower for the VAE than 4, with bit-identical
     weights (tests); 8 gain nothing more. A whole epoch as one graph loop was 8x slower."""
+    if backend.NAME == "jax":
+        return _make_step_jax(model, optimizer, dynamic)
+    import tensorflow as tf
+
     variables = model.variables
 
     def one_step(x, seed):
-        bin_seed, z_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        if dynamic:
-            # A fresh Bernoulli draw of every pixel each time the digit is seen
-            # (Burda et al. 2015): less overfitting than one fixed binarization.
-            x = tf.cast(tf.random.stateless_uniform(tf.shape(x), bin_seed) < x, tf.float32)
         with tf.GradientTape() as tape:
-            bound, terms = model.bound(x, z_seed)
-            loss = -tf.reduce_mean(bound)
+            loss, logs = step_loss(model, x, seed, dynamic)
         grads = tape.gradient(loss, variables)
-        finite = tf.math.is_finite(loss)
-        for g in grads:
-            finite = finite & tf.reduce_all(tf.math.is_finite(g))
+        finite = _all_finite(loss, grads)
         # Never let a NaN into the weights: the caller stops at the first step with
         # `finite == False`, and the checkpoint on disk stays the last good state.
         grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
         optimizer.apply(grads, variables)
-        logs = {"bound": tf.reduce_mean(bound)}
-        logs.update({n: tf.reduce_mean(t) for n, t in terms.items()})
         return logs, finite
 
     def steps(xs, seeds):
@@ -131,19 +150,61 @@ def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool
     return tf.function(steps, jit_compile=jit)
 
 
+def _make_step_jax(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool):
+    """make_step on JAX: a pure function of (weights, optimizer slots, batches, seeds),
+    jitted; the Keras variables are read before and written after each call, so
+    checkpoints, validation and export see the same state as on TensorFlow."""
+    import jax
+    import jax.numpy as jnp
+
+    variables, slots = model.variables, optimizer.variables
+
+    def loss_fn(values, x, seed):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return step_loss(model, x, seed, dynamic)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def steps(values, slot_values, xs, seeds):
+        all_logs, finites = [], []
+        for j in range(xs.shape[0]):  # unrolled, as on TF
+            (loss, logs), grads = grad_fn(values, xs[j], seeds[j])
+            finite = _all_finite(loss, grads)
+            # NaN guard, as on TF: a non-finite step applies zero gradients
+            grads = [jnp.where(finite, g, jnp.zeros_like(g)) for g in grads]
+            values, slot_values = optimizer.stateless_apply(slot_values, grads, values)
+            all_logs.append(logs)
+            finites.append(finite)
+        logs = {name: jnp.stack([lg[name] for lg in all_logs]) for name in all_logs[0]}
+        return values, slot_values, logs, jnp.stack(finites)
+
+    compiled = jax.jit(steps)
+
+    def call(xs, seeds):
+        values, slot_values, logs, finite = compiled(
+            [v.value for v in variables], [v.value for v in slots], xs, seeds)
+        for v, value in zip(variables, values):
+            v.assign(value)
+        for v, value in zip(slots, slot_values):
+            v.assign(value)
+        return logs, finite
+
+    return call
+
+
 def make_eval(model: Model, jit: bool):
     def evaluate(x, seed):
         bound, terms = model.bound(x, seed)
-        return {"bound": tf.reduce_sum(bound), **{n: tf.reduce_sum(t) for n, t in terms.items()}}
+        return {"bound": ops.sum(bound), **{n: ops.sum(t) for n, t in terms.items()}}
 
-    return tf.function(evaluate, jit_compile=jit, reduce_retracing=True)
+    return backend.compile(evaluate, model.encoder.variables + model.decoder.variables, jit)
 
 
 def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> dict:
     """Mean of the run's objective and its terms over x, with fixed seeds."""
     sums: dict[str, float] = {}
     for i, start in enumerate(range(0, len(x), batch_size)):
-        out = eval_fn(tf.constant(x[start:start + batch_size]), tf.constant([seed, i]))
+        out = eval_fn(ops.convert_to_tensor(x[start:start + batch_size]), backend.seed(seed, i))
         for n, v in out.items():
             sums[n] = sums.get(n, 0.0) + float(v)
     return {n: v / len(x) for n, v in sums.items()}
@@ -226,7 +287,7 @@ class Progress:
         self.stream.flush()
 
 
-def train_epoch(step, xs: tf.Tensor, order: np.ndarray, batch_size: int, seed: int,
+def train_epoch(step, xs, order: np.ndarray, batch_size: int, seed: int,
                 first_step: int, steps_per_execution: int = 1) -> tuple[dict, int | None]:
     """One pass over xs [N, 784] in `order`, up to `steps_per_execution` batches per call
     of `step` (make_step); the seed of the epoch's i-th step is (seed, first_step + i).
@@ -240,13 +301,13 @@ def train_epoch(step, xs: tf.Tensor, order: np.ndarray, batch_size: int, seed: i
         j = i + 1  # batches i..j-1 go in one call: same size, so a short last one goes alone
         while j < len(batches) and j - i < steps_per_execution and len(batches[j]) == len(batches[i]):
             j += 1
-        seeds = tf.constant([[seed, first_step + s] for s in range(i, j)])  # [n, 2]
-        logs, finite = step(tf.gather(xs, np.stack(batches[i:j])), seeds)  # [n, B, 784] in
-        finite = finite.numpy()
+        seeds = backend.seeds([[seed, first_step + s] for s in range(i, j)])  # [n, 2]
+        logs, finite = step(backend.gather(xs, np.stack(batches[i:j])), seeds)  # [n, B, 784] in
+        finite = np.asarray(finite)
         if not finite.all():
             return sums, i + int(np.argmin(finite))
         for name, v in logs.items():
-            for v_s, b in zip(v.numpy(), batches[i:j]):
+            for v_s, b in zip(np.asarray(v), batches[i:j]):
                 sums[name] = sums.get(name, 0.0) + float(v_s) * len(b)
         i = j
     return sums, None
@@ -274,7 +335,7 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     xs = train_inputs(x_train, run.data.binarize, run.data.seed + 2)
     xv = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
     n, bs = len(xs), t.batch_size
-    xs_t = tf.constant(xs)  # [N, 784], on the device once; batches are gathered in-graph
+    xs_t = ops.convert_to_tensor(xs)  # [N, 784], on the device once; batches are gathered there
     steps_per_epoch = -(-n // bs)
 
     history: list[dict] = []

@@ -1,0 +1,131 @@
+"""The one module that knows which Keras backend runs (TensorFlow or JAX).
+
+It picks TFP's substrate to match (`tensorflow_probability` or its JAX substrate, same API)
+and holds the few helpers whose code must differ: stateless seeds, the uniform draw of
+dynamic binarization, gradients, and compiling a function that calls Keras models.
+Objectives, distributions and measurements are written once, against `keras.ops` and `tfd`
+from here.
+
+The backend is fixed per process by KERAS_BACKEND before Keras is first imported; stage
+scripts set it from `train.backend` (vaelab.quiet.use_backend). On the JAX path TensorFlow
+is never imported by vaelab (a GPU machine may have JAX only).
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+NAME = keras.backend.backend()
+
+if NAME == "tensorflow":
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+elif NAME == "jax":
+    import jax
+    import jax.numpy as jnp
+    from tensorflow_probability.substrates import jax as tfp
+else:  # pragma: no cover - a process started with KERAS_BACKEND=torch, say
+    raise ImportError(f"vaelab runs on Keras' tensorflow or jax backend, not {NAME!r} "
+                      "(set KERAS_BACKEND, or train.backend in params.yaml)")
+
+tfd = tfp.distributions
+
+
+# ---------------------------------------------------------------------------------------
+# stateless randomness: a seed is two integers; TF takes int32 [2], JAX a raw uint32 key [2]
+
+def seed(a: int, b: int = 0):
+    """The stateless seed (a, b), as the active backend's TFP substrate takes it."""
+    return seeds([a, b])
+
+
+def seeds(rows):
+    """Seeds from integers: [..., 2] (one seed, or a row per step)."""
+    if NAME == "jax":
+        return jnp.asarray(np.asarray(rows, np.int64).astype(np.uint32))
+    return tf.constant(np.asarray(rows, np.int32))
+
+
+def split_seed(s):
+    """Two independent seeds from one."""
+    if NAME == "jax":
+        keys = jax.random.split(s, 2)
+        return keys[0], keys[1]
+    return tuple(tf.unstack(tf.random.experimental.stateless_split(s, 2)))
+
+
+def uniform(shape, s):
+    """U[0, 1) float32 draws of `shape`, a pure function of the seed."""
+    if NAME == "jax":
+        return jax.random.uniform(s, tuple(shape), dtype=jnp.float32)
+    return tf.random.stateless_uniform(shape, s)
+
+
+def mean(x, axis=None):
+    """The mean in x's own precision. keras.ops.mean on JAX computes float64 input in
+    float32 (Keras' dtype promotion), which the float64 maths tests cannot accept; on TF
+    it is tf.reduce_mean, as keras.ops.mean there."""
+    if NAME == "jax":
+        return jnp.mean(x, axis=axis)
+    return tf.reduce_mean(x, axis=axis)
+
+
+def gather(x, idx):
+    """Rows idx of x, on x's device."""
+    if NAME == "jax":
+        return jnp.take(x, jnp.asarray(idx), axis=0)
+    return tf.gather(x, idx)
+
+
+# ---------------------------------------------------------------------------------------
+# gradients and compiled functions of Keras models
+
+def _stateless(fn, variables):
+    """JAX: fn(*args) that calls Keras layers -> pure(values, *args) in which `variables`
+    read `values` (what Keras' stateless_call does for one model, here for any function of
+    several, e.g. an objective that calls the encoder and the decoder)."""
+
+    def pure(values, *args):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(*args)
+
+    return pure
+
+
+def value_and_grad(fn, variables):
+    """fn(*args) -> scalar, computed from Keras `variables`; returns a function
+    (*args) -> (value, [d value / d v for v in variables]). Usable eagerly and inside
+    `compile`. TF gives None for a variable the value does not depend on, JAX zeros."""
+    if NAME == "jax":
+        grad = jax.value_and_grad(_stateless(fn, variables))
+        return lambda *args: grad([v.value for v in variables], *args)
+
+    def tf_value_and_grad(*args):
+        with tf.GradientTape() as tape:
+            value = fn(*args)
+        return value, tape.gradient(value, variables)
+
+    return tf_value_and_grad
+
+
+def compile(fn, variables, jit: bool = False):
+    """fn(*args) calling Keras models whose weights are `variables` -> a compiled function
+    of the same arguments that reads the variables' current values at each call.
+    TF: tf.function (XLA when `jit`); JAX: jax.jit, always XLA."""
+    if NAME == "jax":
+        compiled = jax.jit(_stateless(fn, variables))
+        return lambda *args: compiled([v.value for v in variables], *args)
+    return tf.function(fn, jit_compile=jit, reduce_retracing=True)
+
+
+def devices() -> list[str]:
+    """The devices the backend computes on, e.g. ['cuda:0'] or ['TFRT_CPU_0']."""
+    if NAME == "jax":
+        return [f"{d.platform}:{d.id} ({d.device_kind})" for d in jax.devices()]
+    return [d.name for d in tf.config.list_logical_devices()]
+
+
+def versions() -> dict:
+    out = {"backend": NAME, "keras": keras.__version__, "tfp": tfp.__version__}
+    out["jax" if NAME == "jax" else "tensorflow"] = (jax if NAME == "jax" else tf).__version__
+    return out

@@ -1,0 +1,112 @@
+"""GPU check on the active Keras backend, with no TensorFlow, MLflow or DVC needed:
+`python -m vaelab.gpucheck --json FILE [--epochs N] [--quick]`.
+
+Made for a machine that has CUDA and JAX but no TensorFlow and no network
+(scripts/gpu_check.sh, BACKEND=jax). It prints the devices the backend sees, runs the
+benchmark rows of `vaelab.bench` on it (IWAE k=50 and the VAE training at batch 100 and
+1000, L_5000 evaluation), then trains the default params' models on mnist5k through the
+library (data.prepare into a temporary folder, train.train, evaluate.evaluate_model on the
+test split with the params' evaluate settings), timing the whole, and writes every figure to
+one JSON file. KERAS_BACKEND picks the backend (jax when unset).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io as _io
+import os
+import platform
+import sys
+import tempfile
+import time
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True, help="write the figures here")
+    p.add_argument("--params", default="params.yaml", help="the models, data and evaluate settings")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: params')")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny settings (1 epoch, few bench steps, L_500 on 100 images, "
+                        "small evaluation) to try the check itself on a CPU")
+    args = p.parse_args(argv)
+
+    from .config import load_params
+    from .quiet import use_backend
+
+    params = load_params(args.params)  # before Keras: a params mistake costs no start-up
+    use_backend(os.environ.get("KERAS_BACKEND", "jax"))
+    from . import backend, bench, data, evaluate, train
+    from .io import write_json
+
+    wall = time.perf_counter()
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
+           "python": platform.python_version(), "cpu_count": os.cpu_count(),
+           **backend.versions(), "devices": backend.devices(), "quick": args.quick}
+    print(f"gpucheck: backend {backend.NAME}, devices: {', '.join(out['devices'])}", flush=True)
+    print("gpucheck: " + ", ".join(f"{k} {v}" for k, v in backend.versions().items()), flush=True)
+
+    # -- the benchmark rows (vaelab.bench's own functions) ------------------------------
+    steps, repeats = (4, 1) if args.quick else (20, 5)
+    eval_k, eval_images = (500, 100) if args.quick else (5000, 500)
+    rows = [{"what": "fp32 matmul 2048x2048", "gflops": bench.matmul_gflops(repeats=repeats)}]
+    for bs in (100, 1000):
+        for objective, k in (("iwae", 50), ("elbo_analytic", 1)):
+            rows.append(bench.bench_train(objective, k, bs, steps, repeats))
+            print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['samples_per_s']:,.0f} samples/s",
+                  flush=True)
+    rows.append(bench.bench_eval(eval_k, eval_images, 500, 100, max(1, repeats // 2)))
+    print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['images_per_s']:,.0f} images/s", flush=True)
+    out["bench"] = rows
+
+    # -- the default run's models, trained and evaluated through the library -------------
+    cfg = params.evaluate
+    if args.quick:
+        cfg = dataclasses.replace(cfg, k=100, chunk=50, snr_repeats=3, elbo_draws=10,
+                                  snr_k=(1, 5), prior_k=tuple(k for k in cfg.prior_k if k <= 100))
+    epochs = args.epochs or (1 if args.quick else None)
+    models_out = {}
+    tic_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        tic = time.perf_counter()
+        data.prepare(params.data, tmp)
+        split = {part: data.load_prepared(tmp, part) for part in data.PARTS}
+        prepare_s = time.perf_counter() - tic
+    for name, run in params.models.items():
+        t = dataclasses.replace(run.train, backend=backend.NAME,
+                                **({"epochs": epochs} if epochs else {}))
+        run = dataclasses.replace(run, train=t)
+        tic = time.perf_counter()
+        result = train.train(run, split["train"]["x"], split["valid"]["x"],
+                             progress=train.Progress(name, t.epochs, _io.StringIO()))
+        train_s = time.perf_counter() - tic
+        m = evaluate.Loaded(name, result.encoder, result.decoder, run.as_flat_dict())
+        tic = time.perf_counter()
+        r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
+        eval_s = time.perf_counter() - tic
+        models_out[name] = {
+            "objective": run.objective, "k": run.k, "epochs": t.epochs,
+            "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
+            "valid_bound": result.history[-1]["valid_bound"],
+            "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
+            "nll": r["nll"], "elbo": r["elbo"], "active_units": r["active_units"],
+        }
+        print(f"gpucheck: {name}: {t.epochs} epochs in {train_s:.1f}s "
+              f"({result.samples_per_s:,.0f} samples/s), evaluated in {eval_s:.1f}s: "
+              f"NLL {r['nll']:.2f}, {r['active_units']} active units", flush=True)
+    out["models"] = models_out
+    out["evaluate"] = dataclasses.asdict(cfg)
+    out["prepare_seconds"] = prepare_s
+    out["models_seconds"] = time.perf_counter() - tic_all
+    out["wall_seconds"] = time.perf_counter() - wall
+    out["tensorflow_imported"] = "tensorflow" in sys.modules
+    print(f"gpucheck: {len(models_out)} models trained and evaluated in "
+          f"{out['models_seconds']:.1f}s; whole check {out['wall_seconds']:.1f}s -> {args.json}")
+    write_json(args.json, out)
+    return out
+
+
+if __name__ == "__main__":
+    from .cli import run
+
+    run(main, "gpucheck")
