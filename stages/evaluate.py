@@ -1,5 +1,6 @@
 """DVC stage `evaluate`: measure every trained model on the fixed test set, turn the
 article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
+import time
 from pathlib import Path
 
 from vaelab.quiet import silence_tf
@@ -7,7 +8,31 @@ from vaelab.quiet import silence_tf
 silence_tf()
 
 from vaelab import cli, data, evaluate, figures, io, report, tracking  # noqa: E402
-from vaelab.config import load_params  # noqa: E402
+from vaelab.config import ParamsError, load_params  # noqa: E402
+
+# Importance samples per second for the default network on 2 CPU cores (README, Speed:
+# 73 test images/s at k=5000): for the expected time of absurd settings only.
+SAMPLES_PER_S = 365_000
+WARN_SECONDS = 3600
+
+
+def check_cost(params, n_models: int) -> None:
+    """evaluate.k log-weights per test digit are held in memory ([k, n_test] float32, plus
+    as many for prior sampling): refuse what cannot fit, warn about what takes hours."""
+    cfg = params.evaluate
+    k_prior = max(k for k in cfg.prior_k)
+    need = 4 * cfg.n_test * (cfg.k + k_prior)
+    have = cli.available_bytes()
+    if have is not None and need > have / 2:
+        raise ParamsError(
+            f"{params.path}: evaluate.k: {cfg.k:,} importance samples x {cfg.n_test} test "
+            f"digits hold {need / 2**30:,.1f} GiB of log-weights, more than half the "
+            f"{have / 2**30:.1f} GiB available; lower evaluate.k or evaluate.n_test")
+    expected = n_models * cfg.n_test * (cfg.k + k_prior) / SAMPLES_PER_S
+    if expected > WARN_SECONDS:
+        print(f"evaluate: warning: evaluate.k={cfg.k:,} on {cfg.n_test} digits x {n_models} "
+              f"models takes about {expected / 3600:,.1f} hours on 2 CPU cores (default: "
+              "about 1 minute per model)", flush=True)
 
 
 def main():
@@ -20,18 +45,27 @@ def main():
     params = load_params(args.params)
     cfg = params.evaluate
     names = cli.model_names(params, None)
+    check_cost(params, len(names))
     client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
+    # Every model's files and training run are checked before anything is computed or
+    # written: a missing, damaged or failed (diverged, interrupted) model stops it here.
+    logs = {n: tracking.RunLogger.of_model(Path(args.models) / n, client) for n in names}
     test = data.load_prepared(args.data, "test")
     n_train = len(data.load_prepared(args.data, "train")["y"])
 
     loaded = {n: evaluate.Loaded.from_folder(Path(args.models) / n) for n in names}
     results, infos = {}, {}
-    for name, m in loaded.items():
+    for i, (name, m) in enumerate(loaded.items(), 1):
+        print(f"evaluate: {name} ({i}/{len(loaded)}): L_{cfg.k} on "
+              f"{min(cfg.n_test, len(test['y']))} test digits, gradient SNR, prior sampling...",
+              flush=True)
+        tic = time.perf_counter()
         results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
         infos[name] = m.info
         r = results[name]
         print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
-              f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} images/s")
+              f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} "
+              f"images/s, {time.perf_counter() - tic:.0f}s", flush=True)
     claims = report.all_claims(results, infos, cfg.snr_k)
 
     ref = report.reference_model(results, infos)
@@ -49,8 +83,11 @@ def main():
 
     verdicts = {f"claim_{c.number}": c.verdict for c in claims}
     for name in names:
-        log = tracking.RunLogger.of_model(Path(args.models) / name, client)
-        log.metrics({f"test_{k}": v for k, v in public[name].items()})
+        log = logs[name]
+        # One point per evaluation of this model: step n is its n-th evaluation, so a
+        # rerun (other evaluate params) adds a point instead of piling up at step 0.
+        step = log.last_step("test_nll") + 1
+        log.metrics({f"test_{k}": v for k, v in public[name].items()}, step=step)
         for k, v in verdicts.items():
             log.tag(f"report.{k}", v)
         log.artifacts(args.report, "report")

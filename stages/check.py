@@ -1,0 +1,47 @@
+"""DVC stage `check`, the first of the pipeline (always run, no TensorFlow: ~0.3 s).
+
+DVC removes a stage's outputs just before running its command, and builds paths and
+commands from params (`models:` keys) before any stage script could object. This stage
+validates the whole params.yaml first; every other stage depends on its output (through
+`prepare`), so a mistake stops `dvc repro` / `dvc exp run` here, before any output is
+removed and before a command built from a bad name runs.
+
+Its output, data/source.json, is the resolved data source and the sha256 of each file
+behind `data.path`: replacing those files changes it, so `prepare` reruns.
+"""
+from pathlib import Path
+
+from vaelab import cli, io
+from vaelab.config import load_params
+from vaelab.data import DataError
+
+
+def source_files(source: str, path: str | None) -> dict[str, str]:
+    """{file name: sha256} of what `data.path` names (the folder's files for idx)."""
+    if source not in ("idx", "npz"):
+        return {}  # bundled or downloaded by a fixed name: nothing local can change
+    p = Path(path)
+    if source == "npz":
+        if not p.is_file():
+            raise DataError(f"data.path: {path}: no such file (data.source is npz)")
+        return {p.name: io.file_sha256(p)}
+    if not p.is_dir():
+        raise DataError(f"data.path: {path}: no such folder (data.source is idx)")
+    return {f.name: io.file_sha256(f) for f in sorted(p.iterdir())
+            if f.is_file() and "idx" in f.name}
+
+
+def main():
+    p = cli.parser(__doc__)
+    p.add_argument("--out", default="data/source.json")
+    args = p.parse_args()
+    params = load_params(args.params)
+    d = params.data
+    io.write_json(args.out, {"source": d.source, "path": d.path,
+                             "files": source_files(d.source, d.path)})
+    print(f"check: {args.params} is valid; {len(params.models)} models: "
+          + ", ".join(params.models))
+
+
+if __name__ == "__main__":
+    cli.run(main, "check")
