@@ -113,3 +113,83 @@ def test_replacing_the_file_behind_data_path_reruns_prepare(tmp_path):
     assert ran(out) == ["check", "prepare"], out.stdout
     prepared = np.load(repo / "data" / "prepared" / "train.npz")["x"]
     assert not any(np.array_equal(prepared[0], d) for d in x[:1000])
+
+
+# ---------------------------------------------------------------------------------------
+# the real train stage: SIGTERM, then a code edit; a real tracking server that dies
+
+STAGE = {"data": {"valid_size": 100, "test_size": 100},
+         "model": {"latent": 5, "hidden": [20]},
+         # batch 20: ~240 small steps per epoch, slow enough (~0.5 s) to stop mid-run
+         "train": {"epochs": 30, "batch_size": 20, "checkpoint_every": 1},
+         "models": {"vae": {"objective": "elbo_analytic", "k": 1}}}
+
+
+def start_stage(repo: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stages.train", "--name", "vae"], cwd=repo,
+                            env=env_for(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_checkpoint(repo: Path, proc: subprocess.Popen, epoch: int = 2) -> Path:
+    """A checkpoint of `epoch` or later written by `proc` (not one left by an earlier run)."""
+    from vaelab import train as vtrain
+
+    started = time.time()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        for path in (repo / ".checkpoints").glob("*.npz"):
+            try:
+                if path.stat().st_mtime > started and vtrain.checkpoint_meta(path)["epoch"] >= epoch:
+                    return path
+            except Exception:  # noqa: BLE001 - caught between write and rename
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no checkpoint of epoch {epoch}: {proc.communicate()}")
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err
+
+
+def run_statuses(db: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return [s for (s,) in con.execute("select status from runs order by start_time")]
+
+
+def test_sigterm_then_code_edit_retrains_from_epoch_1(tmp_path):
+    from vaelab import train as vtrain
+
+    repo = make_repo(tmp_path / "repo", STAGE)
+    assert dvc(repo, "repro", "prepare").returncode == 0
+    proc = start_stage(repo)
+    ckpt = wait_for_checkpoint(repo, proc)
+    proc.send_signal(15)  # SIGTERM, as a scheduler or `dvc queue kill` sends
+    rc, _, err = finish(proc)
+    assert rc == 143, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("train: terminated (SIGTERM)") and "Traceback" not in err, err
+    assert run_statuses(repo / "mlflow.db") == ["FAILED"]
+    kept = vtrain.checkpoint_meta(ckpt)["epoch"]
+    assert kept >= 2 and not (repo / "models" / "vae").exists()
+
+    # A change to the code the weights depend on, even a comment, makes it stale.
+    code = repo / "vaelab" / "train.py"
+    code.write_text(code.read_text() + "\n# edited after the interruption\n")
+    proc = start_stage(repo)
+    wait_for_checkpoint(repo, proc, epoch=1)
+    proc.send_signal(15)  # the rest would train 30 epochs: what counts is how it started
+    rc, out, err = finish(proc)
+    assert rc == 143, err
+    assert "vaelab/train.py changed): discarded; training starts from epoch 1" in out, out
+    assert "resuming" not in out and "vae epoch 1/30" in out
+    assert run_statuses(repo / "mlflow.db") == ["FAILED", "FAILED"], "a fresh run, not the old one"
