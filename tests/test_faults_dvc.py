@@ -4,6 +4,7 @@ command built from a name runs, outputs of other stages are kept, one-line error
 the file behind `data.path` is a dependency."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -193,3 +194,85 @@ def test_sigterm_then_code_edit_retrains_from_epoch_1(tmp_path):
     assert "vaelab/train.py changed): discarded; training starts from epoch 1" in out, out
     assert "resuming" not in out and "vae epoch 1/30" in out
     assert run_statuses(repo / "mlflow.db") == ["FAILED", "FAILED"], "a fresh run, not the old one"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied by the server
+    into a temporary folder (the team form in the README). Always killed."""
+    import os
+    import signal
+    import urllib.request
+
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env_for(), start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+
+    def stop():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and its uvicorn worker
+            proc.wait(timeout=30)
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("mlflow server did not start: "
+                                         + (tmp_path / "server.log").read_text()[-2000:])
+                time.sleep(0.3)
+        yield uri, stop, tmp_path / "artifacts"
+    finally:
+        stop()
+        log.close()
+
+
+def test_real_tracking_server_then_its_death_mid_training(tmp_path, server):
+    from mlflow.tracking import MlflowClient
+
+    uri, stop, artifacts = server
+    repo = make_repo(tmp_path / "repo", {**STAGE, "train": {**STAGE["train"], "epochs": 2}})
+    assert dvc(repo, "repro", "prepare").returncode == 0
+    rc, out, err = finish(start_stage(repo, MLFLOW_TRACKING_URI=uri))
+    assert rc == 0, err
+
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("vae-iwae").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "vae"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_bound")] == [1, 2]
+    assert run.data.params["objective"] == "elbo_analytic"
+    listed = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/encoder.keras", "model/decoder.keras", "model/model.json"} <= listed
+    got = Path(client.download_artifacts(run.info.run_id, "model/model.json", str(tmp_path)))
+    assert json.loads(got.read_text())["objective"] == "elbo_analytic"
+    assert list(artifacts.rglob("encoder.keras")), "artifacts are stored by the server"
+    tracked = json.loads((repo / "models" / "vae" / "mlflow.json").read_text())
+    assert tracked["tracking_uri"] == uri and tracked["run_id"] == run.info.run_id
+
+    # The server dies mid-training: one line naming it, the checkpoint kept.
+    set_params(repo, lambda p: p["train"].update(epochs=30))
+    proc = start_stage(repo, MLFLOW_TRACKING_URI=uri)
+    ckpt = wait_for_checkpoint(repo, proc)
+    stop()
+    rc, out, err = finish(proc)
+    assert rc == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("train: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"train: error: MLflow store {uri} failed while logging"), lines
+    assert ckpt.exists(), "the checkpoint must survive the store's death"
