@@ -3,7 +3,9 @@ interrupted (in-process and through the real stage script killed with SIGKILL), 
 and params mistakes as one-line errors, atomic outputs, damaged prepared data."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -26,6 +28,7 @@ import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from repo_copy import env_for, make_repo, merge  # noqa: E402
+from vaelab import cli  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
 from vaelab import io as vio  # noqa: E402
 from vaelab import train as vtrain  # noqa: E402
@@ -427,23 +430,93 @@ def test_atomic_dir_keeps_old_folder_when_the_writer_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "old folder left"
 
 
-def test_read_only_output_folder_is_a_clear_error(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A fresh tmpfs at `folder` (root only: how CI runs, where chmod binds no one);
+    skips where mounting is not allowed (a container without CAP_SYS_ADMIN)."""
+    folder.mkdir(exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
+                                            str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
     try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(PermissionError) as err:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@contextlib.contextmanager
+def read_only(kind: str, folder: Path, monkeypatch):
+    """A folder nobody can write into, three ways: chmod (enforced for non-root users
+    only), a read-only mount (enforced for root too), or the kernel's answer injected
+    where the atomic writers create their temporary files (runs everywhere)."""
+    if kind == "chmod":
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            if os.access(folder, os.W_OK):
+                pytest.skip("running as root: permissions are not enforced")
+            yield
+        finally:
+            folder.chmod(0o755)
+    elif kind == "ro-mount":
+        with tmpfs(folder, "ro,size=64k"):
+            yield
+    else:
+        folder.mkdir()
+        real_mkstemp, real_mkdtemp = vio.tempfile.mkstemp, vio.tempfile.mkdtemp
+
+        def deny(real):
+            def make(*a, dir=None, **kw):
+                if Path(dir) == folder:
+                    raise PermissionError(errno.EACCES, "Permission denied",
+                                          str(folder / "tmpXXXX"))
+                return real(*a, dir=dir, **kw)
+            return make
+
+        monkeypatch.setattr(vio.tempfile, "mkstemp", deny(real_mkstemp))
+        monkeypatch.setattr(vio.tempfile, "mkdtemp", deny(real_mkdtemp))
+        yield
+
+
+@pytest.mark.parametrize("kind", ["chmod", "ro-mount", "injected"])
+def test_read_only_output_folder_is_a_clear_error(tmp_path, kind, monkeypatch, capsys):
+    folder = tmp_path / "ro"
+    with read_only(kind, folder, monkeypatch):
+        with pytest.raises(OSError) as err:
             vio.write_json(folder / "m.json", {"a": 1})
-        assert str(folder) in str(err.value)
-        with pytest.raises(PermissionError) as err:
+        assert err.value.errno in (errno.EACCES, errno.EROFS) and str(folder) in str(err.value)
+        with pytest.raises(OSError) as err:
             with vio.atomic_dir(folder / "model") as tmp:
                 (tmp / "x").write_text("x")
         assert str(folder) in str(err.value)
         assert list(folder.iterdir()) == []
-    finally:
-        folder.chmod(0o755)
+
+        def main():
+            vio.write_json(folder / "m.json", {"a": 1})
+
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(main, "train")
+        assert exit_.value.code == 1
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("train: error: ") and str(folder) in line
+
+
+def test_full_disk_keeps_the_old_file_and_says_so(tmp_path, capsys):
+    """A real ENOSPC from a 64 KiB tmpfs (root only; test_faults injects it everywhere)."""
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        path = small / "metrics.json"
+        vio.write_json(path, {"old": True})
+        with pytest.raises(OSError) as err:
+            vio.write_text(path, "x" * 200_000)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+        assert json.loads(path.read_text()) == {"old": True}
+        assert [p.name for p in small.iterdir()] == ["metrics.json"], "temp file left"
+
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(lambda: vio.write_text(path, "x" * 200_000), "evaluate")
+        assert exit_.value.code == 1
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"evaluate: error: No space left on device writing {path}")
 
 
 # ---------------------------------------------------------------------------------------
