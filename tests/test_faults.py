@@ -359,3 +359,43 @@ def test_sigterm_unwinds_like_ctrl_c(capsys, store):
     assert "terminated (SIGTERM)" in one_line(capsys.readouterr().err)
     assert MlflowClient().get_run(seen["run"]).info.status == "FAILED"
 
+
+
+def test_out_of_memory_while_training_names_model_hidden(tmp_path, monkeypatch, capsys):
+    """TensorFlow's ResourceExhaustedError (what [100000, 100000] gives on a GPU, where
+    the host-memory check does not look) as one line naming model.hidden; run FAILED."""
+    import sys
+
+    import tensorflow as tf
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from stages import train as stage
+    from vaelab.config import DataConfig
+
+    vdata.prepare(DataConfig(valid_size=100, test_size=100), tmp_path / "prepared")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "model": {"latent": 5, "hidden": [20]}, "train": {"epochs": 1},
+        "models": {"vae": {"objective": "elbo_analytic"}}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+
+    def exhausted(*a, **kw):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor "
+                                               "with shape[100000,100000]\n(long trace)")
+
+    monkeypatch.setattr(stage.train, "train", exhausted)
+    monkeypatch.setattr(sys, "argv", [
+        "train", "--params", str(tmp_path / "params.yaml"), "--name", "vae",
+        "--data", str(tmp_path / "prepared"), "--out", str(tmp_path / "models" / "vae"),
+        "--metrics", str(tmp_path / "m.json"), "--curve", str(tmp_path / "c.csv")])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run(stage.main, "train")
+    assert exit_.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("train: error: model.hidden [20] (model 'vae'): out of memory")
+    assert "ResourceExhaustedError" in line
+    [run] = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("vae-iwae")
+                                        .experiment_id])
+    assert run.info.status == "FAILED"
+    assert not (tmp_path / "models").exists()

@@ -40,27 +40,30 @@ def run(main, stage: str) -> None:
     OSError of the environment (full disk, read-only or immutable file) one line and exit
     status 1, Ctrl-C exit status 130, SIGTERM 143. Anything else is a bug and keeps its
     traceback."""
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        main()
-    except UserError as e:
-        print(f"{stage}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Terminated:
-        print(f"{stage}: terminated (SIGTERM); the MLflow run is marked FAILED, rerun "
-              "`dvc repro` to resume from the last checkpoint", file=sys.stderr)
-        sys.exit(143)
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted; rerun `dvc repro` to resume from the last checkpoint",
-              file=sys.stderr)
-        sys.exit(130)
-    except OSError as e:
-        if e.errno not in _OS_FIXES:
-            raise
-        where = f" writing {e.filename}" if e.filename else ""
-        print(f"{stage}: error: {e.strerror or e}{where}; {_OS_FIXES[e.errno]}. "
-              "Outputs of earlier runs are unchanged", file=sys.stderr)
-        sys.exit(1)
+        try:
+            main()
+        except UserError as e:
+            print(f"{stage}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except Terminated:
+            print(f"{stage}: terminated (SIGTERM); a training's MLflow run is marked FAILED "
+                  "and its checkpoint kept: rerun `dvc repro` to resume", file=sys.stderr)
+            sys.exit(143)
+        except KeyboardInterrupt:
+            print(f"{stage}: interrupted; rerun `dvc repro` to resume from the last checkpoint",
+                  file=sys.stderr)
+            sys.exit(130)
+        except OSError as e:
+            if e.errno not in _OS_FIXES:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"{stage}: error: {e.strerror or e}{where}; {_OS_FIXES[e.errno]}",
+                  file=sys.stderr)
+            sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # for callers other than a stage's __main__
 
 
 def available_bytes() -> int | None:
