@@ -1,6 +1,8 @@
 """DVC stage `evaluate`: measure every trained model on the fixed test set, turn the
 article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from vaelab.quiet import silence_tf
@@ -8,31 +10,30 @@ from vaelab.quiet import silence_tf
 silence_tf()
 
 from vaelab import cli, data, evaluate, figures, io, report, tracking  # noqa: E402
-from vaelab.config import ParamsError, load_params  # noqa: E402
+from vaelab.config import load_params  # noqa: E402
 
-# Importance samples per second for the default network on 2 CPU cores (README, Speed:
-# 73 test images/s at k=5000): for the expected time of absurd settings only.
-SAMPLES_PER_S = 365_000
-WARN_SECONDS = 3600
+from stages.check import check_cost, evaluate_cost  # noqa: E402
 
+@contextmanager
+def heartbeat(what: str, expected_s: float, every_s: float = 30.0):
+    """A line every `every_s` seconds while a long computation runs (DVC users watch the
+    terminal; one model's L_k can take minutes), with the expected time."""
+    stop = threading.Event()
+    tic = time.perf_counter()
 
-def check_cost(params, n_models: int) -> None:
-    """evaluate.k log-weights per test digit are held in memory ([k, n_test] float32, plus
-    as many for prior sampling): refuse what cannot fit, warn about what takes hours."""
-    cfg = params.evaluate
-    k_prior = max(k for k in cfg.prior_k)
-    need = 4 * cfg.n_test * (cfg.k + k_prior)
-    have = cli.available_bytes()
-    if have is not None and need > have / 2:
-        raise ParamsError(
-            f"{params.path}: evaluate.k: {cfg.k:,} importance samples x {cfg.n_test} test "
-            f"digits hold {need / 2**30:,.1f} GiB of log-weights, more than half the "
-            f"{have / 2**30:.1f} GiB available; lower evaluate.k or evaluate.n_test")
-    expected = n_models * cfg.n_test * (cfg.k + k_prior) / SAMPLES_PER_S
-    if expected > WARN_SECONDS:
-        print(f"evaluate: warning: evaluate.k={cfg.k:,} on {cfg.n_test} digits x {n_models} "
-              f"models takes about {expected / 3600:,.1f} hours on 2 CPU cores (default: "
-              "about 1 minute per model)", flush=True)
+    def beat():
+        while not stop.wait(every_s):
+            print(f"evaluate: {what}: still computing, {time.perf_counter() - tic:.0f}s so far "
+                  f"(L_k and prior sampling alone: about {expected_s:.0f}s on 2 CPU cores)",
+                  flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def main():
@@ -45,7 +46,7 @@ def main():
     params = load_params(args.params)
     cfg = params.evaluate
     names = cli.model_names(params, None)
-    check_cost(params, len(names))
+    check_cost(params, warn_as="evaluate")
     client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
     # Every model's files and training run are checked before anything is computed or
     # written: a missing, damaged or failed (diverged, interrupted) model stops it here.
@@ -60,7 +61,8 @@ def main():
               f"{min(cfg.n_test, len(test['y']))} test digits, gradient SNR, prior sampling...",
               flush=True)
         tic = time.perf_counter()
-        results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
+        with heartbeat(name, evaluate_cost(params)[1] / len(names)):
+            results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
         infos[name] = m.info
         r = results[name]
         print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "

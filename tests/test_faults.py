@@ -306,17 +306,34 @@ def test_huge_hidden_layers_are_refused_naming_model_hidden():
 
 
 def test_absurd_evaluate_k_is_refused_and_a_slow_one_warned(monkeypatch, capsys):
-    from stages import evaluate as stage
+    """Refused by `check` (before any training) and again by evaluate; warned in evaluate."""
+    from stages import check
 
     monkeypatch.setattr(cli, "available_bytes", lambda: 16 * 2**30)
-    raw = {"models": {"vae": {"objective": "elbo_analytic"}}}
+    raw = {"models": {n: {"objective": "elbo_analytic"} for n in ("a", "b", "c", "d")}}
     with pytest.raises(ParamsError) as err:
-        stage.check_cost(parse_params({**raw, "evaluate": {"k": 100_000_000}}), 4)
+        check.check_cost(parse_params({**raw, "evaluate": {"k": 100_000_000}}))
     assert "evaluate.k" in str(err.value) and "GiB" in str(err.value)
-    stage.check_cost(parse_params({**raw, "evaluate": {"k": 1_000_000}}), 4)
+    check.check_cost(parse_params({**raw, "evaluate": {"k": 1_000_000}}), warn_as="evaluate")
     line = one_line(capsys.readouterr().out)
-    assert "warning" in line and "hours" in line
-    stage.check_cost(parse_params(raw), 4)  # the default: no word
+    assert line.startswith("evaluate: warning:") and "hours" in line
+    check.check_cost(parse_params(raw), warn_as="evaluate")  # the default: no word
+    assert capsys.readouterr().out == ""
+
+
+def test_heartbeat_reports_a_long_computation(capsys):
+    import time
+
+    from stages import evaluate as stage
+
+    with stage.heartbeat("vae", expected_s=42, every_s=0.05):
+        time.sleep(0.3)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("evaluate: vae: still computing")
+                                   for line in lines)
+    assert "about 42s" in lines[0]
+    with stage.heartbeat("vae", expected_s=1, every_s=10):
+        pass  # a short one says nothing, and does not wait for the period
     assert capsys.readouterr().out == ""
 
 

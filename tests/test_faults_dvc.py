@@ -66,6 +66,8 @@ HOSTILE = [
     ("shell-key", lambda p: p["models"].update({"a;touch pwned;b": {"objective": "iwae", "k": 2}}),
      "models.a;touch pwned;b"),
     ("train-list", lambda p: p.update({"train": [1, 2]}), "train: must be a mapping"),
+    # 200 GB of log-weights: refused before hours of training lead to it
+    ("absurd-k", lambda p: p["evaluate"].update(k=100_000_000), "evaluate.k: 100,000,000"),
 ]
 
 
