@@ -341,10 +341,15 @@ def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path):
 # ---------------------------------------------------------------------------------------
 # 4. divergence through the stage script
 
-def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path):
+@pytest.mark.parametrize("lr, shown", [
     # 1e18 and above overflow this model within the first steps (measured); 1e30 leaves
     # a wide margin across CPUs.
-    repo = prepared_repo(tmp_path / "nan", merge(STAGE_PARAMS, {"train": {"learning_rate": 1.0e30}}))
+    (1.0e30, "learning_rate=1e+30"),
+    # 1000 stays finite: the bound explodes to about -3e7 instead (the divergence floor)
+    (1000.0, "learning_rate=1000"),
+], ids=["nan", "exploding-bound"])
+def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path, lr, shown):
+    repo = prepared_repo(tmp_path / "nan", merge(STAGE_PARAMS, {"train": {"learning_rate": lr}}))
     out = stage(repo, "train", "--name", "vae", check=False)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
@@ -352,8 +357,9 @@ def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path):
     assert len(lines) == 1, out.stderr
     line = lines[0]
     assert line.startswith("train: error: ")
-    for word in ("vae", "epoch", "step", "learning rate", "learning_rate=1e+30"):
+    for word in ("vae", "epoch", "step", "learning rate", shown):
         assert word in line, (word, line)
+    assert ("non-finite" if lr > 1e6 else "diverged") in line, line
     assert not (repo / "models" / "vae").exists()
     assert not (repo / "metrics" / "train" / "vae.json").exists()
     assert [(n, s) for n, s, _ in runs(repo)] == [("vae", "FAILED")]
