@@ -447,7 +447,8 @@ def tmpfs(folder: Path, options: str):
     try:
         yield folder
     finally:
-        subprocess.run(["umount", str(folder)], check=True)
+        # lazy: detached even while a file in it is still open (an MLflow engine)
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 @contextlib.contextmanager
@@ -505,6 +506,25 @@ def test_read_only_output_folder_is_a_clear_error(tmp_path, kind, monkeypatch, c
         assert exit_.value.code == 1
         [line] = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("train: error: ") and str(folder) in line
+
+
+def test_store_on_a_read_only_mount_is_refused(tmp_path, monkeypatch):
+    """A store that cannot be written, as root: a read-only mount (chattr +i's effect on
+    the folder; tmpfs has no chattr). Refused at connect, before any run is created."""
+    from vaelab import tracking
+
+    with tmpfs(tmp_path / "store", "size=4m") as folder:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        # created by another process: this one must hold no open file there to remount
+        subprocess.run([sys.executable, "-c", "from vaelab import tracking; tracking.connect('e')"],
+                       env=env_for(MLFLOW_TRACKING_URI=uri), check=True, capture_output=True)
+        size = (folder / "mlflow.db").stat().st_size
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        with pytest.raises(tracking.TrackingError) as err:
+            tracking.connect("e")
+        assert "not writable" in str(err.value) and str(folder) in str(err.value)
+        assert (folder / "mlflow.db").stat().st_size == size
 
 
 def test_full_disk_keeps_the_old_file_and_says_so(tmp_path, capsys):
