@@ -1,10 +1,36 @@
 """DVC stage `evaluate`: measure every trained model on the fixed test set, turn the
 article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from vaelab import cli
 from vaelab.config import load_params
 from vaelab.quiet import use_backend
+
+from stages.check import check_cost, evaluate_cost  # noqa: E402
+
+@contextmanager
+def heartbeat(what: str, expected_s: float, every_s: float = 30.0):
+    """A line every `every_s` seconds while a long computation runs (DVC users watch the
+    terminal; one model's L_k can take minutes), with the expected time."""
+    stop = threading.Event()
+    tic = time.perf_counter()
+
+    def beat():
+        while not stop.wait(every_s):
+            print(f"evaluate: {what}: still computing, {time.perf_counter() - tic:.0f}s so far "
+                  f"(L_k and prior sampling alone: about {expected_s:.0f}s on 2 CPU cores)",
+                  flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def main():
@@ -19,18 +45,28 @@ def main():
     from vaelab import data, evaluate, io, report, tracking
     cfg = params.evaluate
     names = cli.model_names(params, None)
+    check_cost(params, warn_as="evaluate")
     client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
+    # Every model's files and training run are checked before anything is computed or
+    # written: a missing, damaged or failed (diverged, interrupted) model stops it here.
+    logs = {n: tracking.RunLogger.of_model(Path(args.models) / n, client) for n in names}
     test = data.load_prepared(args.data, "test")
     n_train = len(data.load_prepared(args.data, "train")["y"])
 
     loaded = {n: evaluate.Loaded.from_folder(Path(args.models) / n) for n in names}
     results, infos = {}, {}
-    for name, m in loaded.items():
-        results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
+    for i, (name, m) in enumerate(loaded.items(), 1):
+        print(f"evaluate: {name} ({i}/{len(loaded)}): L_{cfg.k} on "
+              f"{min(cfg.n_test, len(test['y']))} test digits, gradient SNR, prior sampling...",
+              flush=True)
+        tic = time.perf_counter()
+        with heartbeat(name, evaluate_cost(params)[1] / len(names)):
+            results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
         infos[name] = m.info
         r = results[name]
         print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
-              f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} images/s")
+              f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} "
+              f"images/s, {time.perf_counter() - tic:.0f}s", flush=True)
     claims = report.all_claims(results, infos, cfg.snr_k)
 
     ref = report.reference_model(results, infos)
@@ -48,8 +84,11 @@ def main():
 
     verdicts = {f"claim_{c.number}": c.verdict for c in claims}
     for name in names:
-        log = tracking.RunLogger.of_model(Path(args.models) / name, client)
-        log.metrics({f"test_{k}": v for k, v in public[name].items()})
+        log = logs[name]
+        # One point per evaluation of this model: step n is its n-th evaluation, so a
+        # rerun (other evaluate params) adds a point instead of piling up at step 0.
+        step = log.last_step("test_nll") + 1
+        log.metrics({f"test_{k}": v for k, v in public[name].items()}, step=step)
         for k, v in verdicts.items():
             log.tag(f"report.{k}", v)
         log.artifacts(args.report, "report")

@@ -17,12 +17,16 @@ def main():
     from vaelab import evaluate, figures, tracking
     names = cli.model_names(params, args.names)
     client, _ = tracking.connect(params.mlflow.experiment)
+    # Every model's files and training run first: a bad one stops the stage before any
+    # grid is written or logged.
+    logs = {n: tracking.RunLogger.of_model(Path(args.models) / n, client) for n in names}
+    loaded = {n: evaluate.Loaded.from_folder(Path(args.models) / n) for n in names}
     for name in names:
-        folder = Path(args.models) / name
-        images = evaluate.prior_samples(folder, params.sample.n, params.sample.seed)  # [n, 784]
+        images = evaluate.prior_samples_of(loaded[name], params.sample.n,
+                                           params.sample.seed)  # [n, 784]
         path = Path(args.out) / f"{name}.png"
         figures.save_grid(path, images)
-        tracking.RunLogger.of_model(folder, client).artifact(path, "samples")
+        logs[name].artifact(path, "samples")
         print(f"sample: {params.sample.n} digits from {name}'s prior -> {path}")
 
 

@@ -1,9 +1,43 @@
 """DVC stage `train@<name>`: train one entry of `models:` and log it as one MLflow run."""
+import sys
 from pathlib import Path
 
 from vaelab import cli
-from vaelab.config import load_params
+from vaelab.config import UserError, load_params
 from vaelab.quiet import use_backend
+
+
+class OutOfMemoryError(UserError, MemoryError):
+    """The network does not fit in memory; the message names model.hidden."""
+
+
+def code_files() -> dict[str, Path]:
+    """The code that decides the weights: this script and every vaelab module it imported
+    (what dvc.yaml lists as the stage's deps), by path relative to the repo."""
+    here = Path(__file__).resolve()
+    files = {f"stages/{here.name}": here}
+    for name, module in sorted(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if (name == "vaelab" or name.startswith("vaelab.")) and path:
+            files[f"vaelab/{Path(path).name}"] = Path(path)
+    return files
+
+
+def check_memory(run) -> None:
+    """Refuse a network whose weights, gradients and two Adam slots (4 float32 copies) do
+    not fit in the memory available now: TensorFlow would otherwise die with a 100-line
+    ResourceExhaustedError, or the kernel would kill the process."""
+    m = run.model
+    enc = [784, *m.hidden, 2 * m.latent]
+    dec = [m.latent, *reversed(m.hidden), 2 * 784]
+    weights = sum(a * b + b for sizes in (enc, dec) for a, b in zip(sizes, sizes[1:]))
+    need = 4 * 4 * weights
+    have = cli.available_bytes()
+    if have is not None and need > have:
+        raise OutOfMemoryError(
+            f"model.hidden {list(m.hidden)} (model '{run.name}'): {weights:,} weights need "
+            f"about {need / 2**30:.1f} GiB to train, {have / 2**30:.1f} GiB available; "
+            "use smaller layers")
 
 
 def main():
@@ -26,8 +60,10 @@ def main():
     x_train = data.load_prepared(args.data, "train")["x"]
     x_valid = data.load_prepared(args.data, "valid")["x"]
 
+    check_memory(run)
     ckpt = tracking.repo_root() / ".checkpoints" / f"{train.checkpoint_key(run)}.npz"
-    meta = train.checkpoint_meta(ckpt)
+    fingerprint = train.fingerprint(code_files(), Path(args.data))
+    meta = train.open_checkpoint(ckpt, fingerprint, say=lambda line: print(f"train@{name}: {line}"))
     resume_id = meta.get("mlflow_run_id") if meta else None
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
           f"{len(x_train)} digits" + (f", resuming after epoch {meta['epoch']}" if meta else ""))
@@ -45,8 +81,17 @@ def main():
             if logs["epoch"] > logged:
                 log.metrics({k: v for k, v in logs.items() if k != "epoch"}, step=logs["epoch"])
 
-        result = train.train(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
-                             checkpoint_extra={"mlflow_run_id": log.run_id})
+        try:
+            result = train.train(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
+                                 checkpoint_extra={"mlflow_run_id": log.run_id,
+                                                   "fingerprint": fingerprint})
+        except Exception as e:
+            if not isinstance(e, MemoryError) and type(e).__name__ != "ResourceExhaustedError":
+                raise
+            raise OutOfMemoryError(
+                f"model.hidden {list(run.model.hidden)} (model '{run.name}'): out of memory "
+                f"while training ({type(e).__name__}); use smaller layers or "
+                "train.batch_size") from None
         if log.run_id != resume_id:  # a fresh run: give it the epochs a checkpoint restored
             for logs in result.history[:result.resumed_from]:
                 on_epoch(logs)

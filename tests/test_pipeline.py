@@ -3,9 +3,11 @@ sees: outputs, the MLflow store, no-op reruns, a one-branch rerun, tracking fail
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +59,7 @@ def first_run(repo):
 
 
 def test_repro_runs_every_stage(repo, first_run):
-    expected = {"prepare", "evaluate", "sample", *(f"train@{n}" for n in NAMES)}
+    expected = {"check", "prepare", "evaluate", "sample", *(f"train@{n}" for n in NAMES)}
     assert ran(first_run) == expected
     assert "Traceback" not in first_run.stderr
 
@@ -124,19 +126,26 @@ def test_mlflow_store_has_one_complete_run_per_model(repo, first_run):
                 f"{name}.png"} <= found, found
 
 
-def test_second_repro_runs_nothing(repo, first_run):
+def test_second_repro_runs_only_the_check(repo, first_run):
+    tic = time.perf_counter()
     out = dvc(repo, "repro")
-    assert ran(out) == set()
+    seconds = time.perf_counter() - tic
+    assert ran(out) == {"check"}  # always run: it validates params.yaml (stages/check.py)
+    assert seconds < 15, f"a no-op repro took {seconds:.1f}s"
 
 
 def test_changing_one_k_reruns_only_its_branch(repo, first_run):
-    # Runs after the no-op test (pytest keeps file order).
-    dvc(repo, "repro")
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    """A dry run: what would rerun, without changing the shared repo for other tests."""
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["models"]["iwae"]["k"] = 2
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = dvc(repo, "repro")
-    assert ran(out) == {"train@iwae", "evaluate", "sample"}
+    try:
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = dvc(repo, "repro", "--dry")
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert ran(out) == {"check", "train@iwae", "evaluate", "sample"}
+    assert ran(dvc(repo, "repro", "--dry")) == {"check"}, "params restored: nothing to do"
 
 
 def test_unreachable_tracking_server_fails_fast_and_writes_nothing(repo, first_run):
@@ -152,11 +161,62 @@ def test_unreachable_tracking_server_fails_fast_and_writes_nothing(repo, first_r
 
 def test_tracking_uri_override(repo, first_run, tmp_path):
     other = tmp_path / "other.db"
-    out = sh(repo, sys.executable, "-m", "stages.train", "--name", "prior",
-             "--out", str(tmp_path / "prior"), "--metrics", str(tmp_path / "m.json"),
-             "--curve", str(tmp_path / "c.csv"), MLFLOW_TRACKING_URI=f"sqlite:///{other}")
-    assert out.returncode == 0
+    def default_runs():
+        with sqlite3.connect(repo / "mlflow.db") as db:
+            return db.execute("select run_uuid from runs").fetchall()
+
+    before = default_runs()
+    sh(repo, sys.executable, "-m", "stages.train", "--name", "prior",
+       "--out", str(tmp_path / "prior"), "--metrics", str(tmp_path / "m.json"),
+       "--curve", str(tmp_path / "c.csv"), MLFLOW_TRACKING_URI=f"sqlite:///{other}")
     db = sqlite3.connect(other)
     assert [r for (r,) in db.execute("select name from runs")] == ["prior"]
+    assert default_runs() == before, "the override must not also log to the default store"
     tracked = json.loads((tmp_path / "prior" / "mlflow.json").read_text())
     assert tracked["tracking_uri"] == f"sqlite:///{other}"
+
+
+def test_evaluate_checks_every_model_before_writing_anything(repo, first_run, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(repo / "models", models)
+    (models / "prior" / "mlflow.json").unlink()  # the last model: found before any work
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        logged = db.execute("select count(*) from metrics").fetchone()[0]
+    out = sh(repo, sys.executable, "-m", "stages.evaluate", "--models", str(models),
+             "--metrics", str(tmp_path / "m.json"), "--report", str(tmp_path / "rep"),
+             check=False)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("evaluate: error: ") and "prior/mlflow.json is missing" in line
+    assert "evaluate: vae" not in out.stdout, "nothing is computed"
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "rep").exists()
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        assert db.execute("select count(*) from metrics").fetchone()[0] == logged
+
+
+def test_sample_refuses_a_damaged_encoder_before_writing(repo, first_run, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(repo / "models", models)
+    enc = models / "iwae" / "encoder.keras"
+    enc.write_bytes(enc.read_bytes()[:100])
+    out = sh(repo, sys.executable, "-m", "stages.sample", "--models", str(models),
+             "--out", str(tmp_path / "s"), check=False)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert f"{enc}: damaged" in line and "not found" not in line.lower()
+    assert not (tmp_path / "s").exists()
+
+
+def test_each_evaluation_logs_its_own_step(repo, first_run, tmp_path):
+    """test_* metrics: step n is the model's n-th evaluation, one value per step."""
+    def steps():
+        with sqlite3.connect(repo / "mlflow.db") as db:
+            return sorted(s for (s,) in db.execute(
+                "select m.step from metrics m join runs r on m.run_uuid = r.run_uuid "
+                "where r.name = 'vae' and r.status = 'FINISHED' and m.key = 'test_nll'"))
+
+    before = steps()
+    assert before == list(range(1, len(before) + 1)) and before, before
+    sh(repo, sys.executable, "-m", "stages.evaluate", "--metrics", str(tmp_path / "m.json"),
+       "--report", str(tmp_path / "rep"))
+    assert steps() == before + [before[-1] + 1]

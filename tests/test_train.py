@@ -3,7 +3,9 @@ interrupted (in-process and through the real stage script killed with SIGKILL), 
 and params mistakes as one-line errors, atomic outputs, damaged prepared data."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import io
 import json
 import os
@@ -26,6 +28,7 @@ import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
 from repo_copy import env_for, make_repo, merge  # noqa: E402
+from vaelab import cli  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
 from vaelab import io as vio  # noqa: E402
 from vaelab import train as vtrain  # noqa: E402
@@ -338,10 +341,15 @@ def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path):
 # ---------------------------------------------------------------------------------------
 # 4. divergence through the stage script
 
-def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path):
+@pytest.mark.parametrize("lr, shown", [
     # 1e18 and above overflow this model within the first steps (measured); 1e30 leaves
     # a wide margin across CPUs.
-    repo = prepared_repo(tmp_path / "nan", merge(STAGE_PARAMS, {"train": {"learning_rate": 1.0e30}}))
+    (1.0e30, "learning_rate=1e+30"),
+    # 1000 stays finite: the bound explodes to about -3e7 instead (the divergence floor)
+    (1000.0, "learning_rate=1000"),
+], ids=["nan", "exploding-bound"])
+def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path, lr, shown):
+    repo = prepared_repo(tmp_path / "nan", merge(STAGE_PARAMS, {"train": {"learning_rate": lr}}))
     out = stage(repo, "train", "--name", "vae", check=False)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
@@ -349,8 +357,9 @@ def test_diverging_stage_exits_2_with_one_line_and_a_failed_run(tmp_path):
     assert len(lines) == 1, out.stderr
     line = lines[0]
     assert line.startswith("train: error: ")
-    for word in ("vae", "epoch", "step", "learning rate", "learning_rate=1e+30"):
+    for word in ("vae", "epoch", "step", "learning rate", shown):
         assert word in line, (word, line)
+    assert ("non-finite" if lr > 1e6 else "diverged") in line, line
     assert not (repo / "models" / "vae").exists()
     assert not (repo / "metrics" / "train" / "vae.json").exists()
     assert [(n, s) for n, s, _ in runs(repo)] == [("vae", "FAILED")]
@@ -427,23 +436,113 @@ def test_atomic_dir_keeps_old_folder_when_the_writer_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], "old folder left"
 
 
-def test_read_only_output_folder_is_a_clear_error(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
+@contextlib.contextmanager
+def tmpfs(folder: Path, options: str):
+    """A fresh tmpfs at `folder` (root only: how CI runs, where chmod binds no one);
+    skips where mounting is not allowed (a container without CAP_SYS_ADMIN)."""
+    folder.mkdir(exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs",
+                                            str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
     try:
-        if os.access(folder, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        with pytest.raises(PermissionError) as err:
+        yield folder
+    finally:
+        # lazy: detached even while a file in it is still open (an MLflow engine)
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+@contextlib.contextmanager
+def read_only(kind: str, folder: Path, monkeypatch):
+    """A folder nobody can write into, three ways: chmod (enforced for non-root users
+    only), a read-only mount (enforced for root too), or the kernel's answer injected
+    where the atomic writers create their temporary files (runs everywhere)."""
+    if kind == "chmod":
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            if os.access(folder, os.W_OK):
+                pytest.skip("running as root: permissions are not enforced")
+            yield
+        finally:
+            folder.chmod(0o755)
+    elif kind == "ro-mount":
+        with tmpfs(folder, "ro,size=64k"):
+            yield
+    else:
+        folder.mkdir()
+        real_mkstemp, real_mkdtemp = vio.tempfile.mkstemp, vio.tempfile.mkdtemp
+
+        def deny(real):
+            def make(*a, dir=None, **kw):
+                if Path(dir) == folder:
+                    raise PermissionError(errno.EACCES, "Permission denied",
+                                          str(folder / "tmpXXXX"))
+                return real(*a, dir=dir, **kw)
+            return make
+
+        monkeypatch.setattr(vio.tempfile, "mkstemp", deny(real_mkstemp))
+        monkeypatch.setattr(vio.tempfile, "mkdtemp", deny(real_mkdtemp))
+        yield
+
+
+@pytest.mark.parametrize("kind", ["chmod", "ro-mount", "injected"])
+def test_read_only_output_folder_is_a_clear_error(tmp_path, kind, monkeypatch, capsys):
+    folder = tmp_path / "ro"
+    with read_only(kind, folder, monkeypatch):
+        with pytest.raises(OSError) as err:
             vio.write_json(folder / "m.json", {"a": 1})
-        assert str(folder) in str(err.value)
-        with pytest.raises(PermissionError) as err:
+        assert err.value.errno in (errno.EACCES, errno.EROFS) and str(folder) in str(err.value)
+        with pytest.raises(OSError) as err:
             with vio.atomic_dir(folder / "model") as tmp:
                 (tmp / "x").write_text("x")
         assert str(folder) in str(err.value)
         assert list(folder.iterdir()) == []
-    finally:
-        folder.chmod(0o755)
+
+        def main():
+            vio.write_json(folder / "m.json", {"a": 1})
+
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(main, "train")
+        assert exit_.value.code == 1
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("train: error: ") and str(folder) in line
+
+
+def test_store_on_a_read_only_mount_is_refused(tmp_path, monkeypatch):
+    """A store that cannot be written, as root: a read-only mount (chattr +i's effect on
+    the folder; tmpfs has no chattr). Refused at connect, before any run is created."""
+    from vaelab import tracking
+
+    with tmpfs(tmp_path / "store", "size=4m") as folder:
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        # created by another process: this one must hold no open file there to remount
+        subprocess.run([sys.executable, "-c", "from vaelab import tracking; tracking.connect('e')"],
+                       env=env_for(MLFLOW_TRACKING_URI=uri), check=True, capture_output=True)
+        size = (folder / "mlflow.db").stat().st_size
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        with pytest.raises(tracking.TrackingError) as err:
+            tracking.connect("e")
+        assert "not writable" in str(err.value) and str(folder) in str(err.value)
+        assert (folder / "mlflow.db").stat().st_size == size
+
+
+def test_full_disk_keeps_the_old_file_and_says_so(tmp_path, capsys):
+    """A real ENOSPC from a 64 KiB tmpfs (root only; test_faults injects it everywhere)."""
+    with tmpfs(tmp_path / "small", "size=64k") as small:
+        path = small / "metrics.json"
+        vio.write_json(path, {"old": True})
+        with pytest.raises(OSError) as err:
+            vio.write_text(path, "x" * 200_000)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+        assert json.loads(path.read_text()) == {"old": True}
+        assert [p.name for p in small.iterdir()] == ["metrics.json"], "temp file left"
+
+        with pytest.raises(SystemExit) as exit_:
+            cli.run(lambda: vio.write_text(path, "x" * 200_000), "evaluate")
+        assert exit_.value.code == 1
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"evaluate: error: No space left on device writing {path}")
 
 
 # ---------------------------------------------------------------------------------------

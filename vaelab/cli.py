@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 
 from .config import ParamsError, UserError
@@ -13,18 +15,67 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `dvc queue kill`, `kill`): unwinds like Ctrl-C, so the MLflow
+    run is marked FAILED and the last checkpoint is kept."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+# The environment, not the code, is at fault: one line naming the file and the fix.
+_OS_FIXES = {
+    errno.ENOSPC: "free some disk space and rerun",
+    errno.EDQUOT: "free some space within your quota and rerun",
+    errno.EROFS: "the file system is read-only: run from a writable copy",
+    errno.EACCES: "make it writable (or run from a writable copy)",
+    errno.EPERM: "make it writable, e.g. undo `chattr +i`",
+    errno.EIO: "the device reports an I/O error: check the disk",
+}
+
+
 def run(main, stage: str) -> None:
-    """Call main(); a UserError becomes `<stage>: error: <message>` and exit status 2, Ctrl-C
-    exit status 130. Anything else is a bug and keeps its traceback."""
+    """Call main(); a UserError becomes `<stage>: error: <message>` and exit status 2, an
+    OSError of the environment (full disk, read-only or immutable file) one line and exit
+    status 1, Ctrl-C exit status 130, SIGTERM 143. Anything else is a bug and keeps its
+    traceback."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        main()
-    except UserError as e:
-        print(f"{stage}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted; rerun `dvc repro` to resume from the last checkpoint",
-              file=sys.stderr)
-        sys.exit(130)
+        try:
+            main()
+        except UserError as e:
+            print(f"{stage}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        except Terminated:
+            print(f"{stage}: terminated (SIGTERM); a training's MLflow run is marked FAILED "
+                  "and its checkpoint kept: rerun `dvc repro` to resume", file=sys.stderr)
+            sys.exit(143)
+        except KeyboardInterrupt:
+            print(f"{stage}: interrupted; rerun `dvc repro` to resume from the last checkpoint",
+                  file=sys.stderr)
+            sys.exit(130)
+        except OSError as e:
+            if e.errno not in _OS_FIXES:
+                raise
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"{stage}: error: {e.strerror or e}{where}; {_OS_FIXES[e.errno]}",
+                  file=sys.stderr)
+            sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # for callers other than a stage's __main__
+
+
+def available_bytes() -> int | None:
+    """Memory available now (Linux), for refusing settings that cannot fit; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def model_names(params, names: list[str] | None) -> list[str]:

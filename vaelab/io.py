@@ -5,12 +5,29 @@ file; DVC and readers only ever see complete files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """A write into an open file (a full disk) raises OSError without a file name; name the
+    output, so the one-line error says which one failed."""
+    if e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror or str(e), str(path))
+    return e
 
 
 @contextmanager
@@ -26,6 +43,9 @@ def atomic_file(path: str | Path, mode: str = "wb"):
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise _named(e, path) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -61,6 +81,9 @@ def atomic_dir(path: str | Path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _named(e, path) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -27,6 +27,10 @@ class MissingModelError(UserError, FileNotFoundError):
     """A model folder lacks its files: it was never trained, or training did not finish."""
 
 
+class DamagedModelError(UserError, ValueError):
+    """A model file exists but cannot be read (truncated, overwritten, another format)."""
+
+
 # softplus can underflow to 0 for a very negative pre-activation; a floor keeps log q(z|x)
 # and the Gaussian log-likelihood finite. Small next to any scale a trained model uses.
 SCALE_FLOOR = 1e-4
@@ -177,6 +181,14 @@ def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
     if missing:
         raise MissingModelError(
             f"{folder}: missing {', '.join(missing)}; train it first (dvc repro train@{folder.name})")
-    info = json.loads((folder / "model.json").read_text())
-    return (keras.saving.load_model(folder / "encoder.keras"),
-            keras.saving.load_model(folder / "decoder.keras"), info)
+    loaded = []
+    for name in ("model.json", "encoder.keras", "decoder.keras"):
+        try:
+            loaded.append(json.loads((folder / name).read_text()) if name == "model.json"
+                          else keras.saving.load_model(folder / name))
+        except Exception as e:  # noqa: BLE001 - Keras reports a damaged zip as "File not found"
+            raise DamagedModelError(
+                f"{folder / name}: damaged, cannot be read ({type(e).__name__}); retrain it "
+                f"(dvc repro -f train@{folder.name})") from None
+    info, encoder, decoder = loaded
+    return encoder, decoder, info

@@ -52,6 +52,44 @@ def _is_default(uri: str) -> bool:
     return not os.environ.get("MLFLOW_TRACKING_URI")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+@contextmanager
+def store_errors(action: str):
+    """Any failure of the store while `action` (a server that died, a read-only or full
+    database) becomes one TrackingError line naming the store."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MlflowException, sqlite/SQLAlchemy, requests
+        raise TrackingError(
+            f"MLflow store {tracking_uri()} failed while {action} ({_first_line(e)}); check "
+            "that the server runs and the store is writable with free space, then rerun"
+        ) from None
+
+
+def _check_sqlite_file(uri: str, db: Path) -> None:
+    """MLflow silently makes a fresh store of a zero-byte file, which loses the history
+    without a word; a file that is not SQLite fails later with a long traceback."""
+    if not db.exists():
+        return
+    if db.is_dir():
+        raise TrackingError(f"MLflow store {uri}: {db} is a folder, not a database file; "
+                            "move it away or set MLFLOW_TRACKING_URI")
+    with open(db, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise TrackingError(f"MLflow store {uri}: {db} is empty (0 bytes), so the run history "
+                            "is lost; restore it from a backup, or delete it to start a new one")
+    if head != b"SQLite format 3\x00":
+        raise TrackingError(f"MLflow store {uri}: {db} is not an SQLite database; restore it "
+                            "from a backup, or move it away to start a new one")
+
+
 def connect(experiment: str):
     """Check the store answers, make sure the experiment exists, return (client, exp id).
 
@@ -76,6 +114,7 @@ def connect(experiment: str):
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise TrackingError(f"MLflow store {uri}: folder {folder} is missing or not writable; "
                                 "fix it, or set MLFLOW_TRACKING_URI to another store")
+        _check_sqlite_file(uri, Path(uri[len("sqlite:///"):]))
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
@@ -151,32 +190,48 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
     import mlflow
 
     client, exp_id = connect(experiment)
-    for orphan in mark_orphans_killed(client, exp_id, name, keep=run_id):
-        print(f"mlflow: run {orphan} of '{name}' was left RUNNING by a training process "
-              "that no longer exists: marked KILLED")
-    tags = {**tags, "vaelab.host": socket.gethostname(), "vaelab.pid": str(os.getpid())}
-    if run_id is not None:
-        try:
-            run = client.get_run(run_id)
-            if run.info.experiment_id != exp_id:
+    with store_errors("starting the run"):
+        for orphan in mark_orphans_killed(client, exp_id, name, keep=run_id):
+            print(f"mlflow: run {orphan} of '{name}' was left RUNNING by a training process "
+                  "that no longer exists: marked KILLED")
+        tags = {**tags, "vaelab.host": socket.gethostname(), "vaelab.pid": str(os.getpid())}
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+                if run.info.experiment_id != exp_id:
+                    run_id = None
+            except Exception:  # noqa: BLE001 - the old run is gone: start afresh
                 run_id = None
-        except Exception:  # noqa: BLE001 - the old run is gone: start afresh
-            run_id = None
-    if run_id is None:
-        run = client.create_run(exp_id, run_name=name, tags=tags)
-        client.log_batch(run.info.run_id, params=[
-            mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-    else:
-        client.update_run(run_id, status="RUNNING")
-        for k, v in tags.items():
-            client.set_tag(run_id, k, v)
+        if run_id is None:
+            run = client.create_run(exp_id, run_name=name, tags=tags)
+            try:
+                client.log_batch(run.info.run_id, params=[
+                    mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+            except BaseException:
+                _end(client, run.info.run_id, "FAILED")
+                raise
+        else:
+            client.update_run(run_id, status="RUNNING")
+            for k, v in tags.items():
+                client.set_tag(run_id, k, v)
     run_id = run.info.run_id
     try:
         yield RunLogger(client, run_id, exp_id)
     except BaseException:
-        client.set_terminated(run_id, status="FAILED")
+        _end(client, run_id, "FAILED")
         raise
-    client.set_terminated(run_id, status="FINISHED")
+    with store_errors("ending the run"):
+        client.set_terminated(run_id, status="FINISHED")
+
+
+def _end(client, run_id: str, status: str) -> None:
+    """Best effort: when the store itself has failed (the error being raised), marking the
+    run fails too; the original error is the one to report, and a later run of the model
+    marks this one KILLED (`mark_orphans_killed`)."""
+    try:
+        client.set_terminated(run_id, status=status)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 class RunLogger:
@@ -193,14 +248,23 @@ class RunLogger:
         if not path.is_file():
             raise TrackingError(f"{path} is missing; retrain the model "
                                 f"(dvc repro -f train@{Path(model_dir).name})")
-        info = json.loads(path.read_text())
+        retrain = f"retrain it (dvc repro -f train@{Path(model_dir).name})"
         try:
-            client.get_run(info["run_id"])
+            info = json.loads(path.read_text())
+            info["run_id"], info["experiment_id"]
+        except (ValueError, KeyError, TypeError):
+            raise TrackingError(f"{path} is damaged; {retrain}") from None
+        try:
+            run = client.get_run(info["run_id"])
         except Exception:  # noqa: BLE001
             raise TrackingError(
                 f"{model_dir}/mlflow.json names run {info['run_id']}, which the store "
-                f"{tracking_uri()} does not hold; retrain it (dvc repro -f train@{Path(model_dir).name})"
-            ) from None
+                f"{tracking_uri()} does not hold; {retrain}") from None
+        if run.info.status != "FINISHED":
+            # A model of a failed (diverged, interrupted) training gets no verdict.
+            raise TrackingError(
+                f"{model_dir}: its training run {info['run_id']} is {run.info.status}, not "
+                f"FINISHED, so it is not evaluated; {retrain}")
         return cls(client, info["run_id"], info["experiment_id"])
 
     def metrics(self, values: dict, step: int | None = None) -> None:
@@ -211,23 +275,28 @@ class RunLogger:
         ts = int(time.time() * 1000)
         batch = [mlflow.entities.Metric(k, float(v), ts, step or 0)
                  for k, v in values.items() if v is not None]
-        for i in range(0, len(batch), 500):  # the store's batch limit is 1000
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+        with store_errors("logging metrics"):
+            for i in range(0, len(batch), 500):  # the store's batch limit is 1000
+                self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
 
     def artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        with store_errors(f"uploading {path}"):
+            self.client.log_artifact(self.run_id, str(path), folder)
 
     def artifacts(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifacts(self.run_id, str(path), folder)
+        with store_errors(f"uploading {path}"):
+            self.client.log_artifacts(self.run_id, str(path), folder)
 
     def last_step(self, key: str) -> int:
         """The highest step logged for metric `key` (0 if none): what a killed run already
         recorded, so a resumed run does not log those epochs twice."""
-        history = self.client.get_metric_history(self.run_id, key)
+        with store_errors("reading the run"):
+            history = self.client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=0)
 
     def tag(self, key: str, value) -> None:
-        self.client.set_tag(self.run_id, key, str(value))
+        with store_errors("tagging the run"):
+            self.client.set_tag(self.run_id, key, str(value))
 
     def describe(self) -> dict:
         return {"run_id": self.run_id, "experiment_id": self.experiment_id,

@@ -26,11 +26,30 @@ from . import backend
 from . import data as vdata
 from . import models
 from .config import RunConfig, UserError
+from .io import file_sha256
 from .objectives import OBJECTIVES
 
 
 class NonFiniteError(UserError, RuntimeError):
     """The loss or a gradient became NaN/inf; the message says where and what to try."""
+
+
+class DivergedError(UserError, RuntimeError):
+    """The validation bound exploded without becoming NaN (see `diverged_below`)."""
+
+
+def diverged_below(run: RunConfig) -> float | None:
+    """The validation bound under which a run counts as diverged, or None (no rule).
+
+    Bernoulli decoder: twice what a decoder answering 0.5 for every pixel scores,
+    2 * 784 log 2 = 1087 nats below zero. A healthy run starts near that coin-flip decoder
+    (-550: small logits, small KL) and only improves; tiny test runs score -526..-537 after
+    one epoch of 6-12 steps, while learning rate 1.0 reaches -5,871 and 1000 reaches -3.4e7.
+    Gaussian decoders are exempt: their density has no such floor (a fixed small
+    decoder_scale legitimately scores -1e6 at the start); the NaN guard still applies."""
+    if run.model.decoder != "bernoulli":
+        return None
+    return -2 * vdata.PIXELS * float(np.log(2.0))
 
 
 @dataclass
@@ -223,9 +242,54 @@ def posterior_width(encoder: keras.Model, x: np.ndarray) -> dict:
 # checkpoints: plain npz of every weight and optimizer slot, written atomically
 
 def checkpoint_key(run: RunConfig) -> str:
-    """Identifies the resolved config: a checkpoint only resumes the run it came from."""
+    """Identifies the resolved config: the file name of its checkpoint. What else decides
+    the weights (code, data) is checked against the checkpoint's `fingerprint` on load."""
     blob = json.dumps(run.as_flat_dict(), sort_keys=True, default=str).encode()
     return f"{run.name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def fingerprint(code: dict[str, Path], data_dir: Path) -> dict:
+    """Everything besides the params that decides the weights: the content hash of each
+    code file ({shown name: path}) and of each prepared data file."""
+    data_dir = Path(data_dir)
+    return {"code": {name: file_sha256(p) for name, p in sorted(code.items())},
+            "data": {p.name: file_sha256(p) for p in sorted(data_dir.iterdir()) if p.is_file()}}
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    names = []
+    for part in ("code", "data"):
+        a, b = old.get(part, {}), new.get(part, {})
+        names += [f"{part} {n}" for n in sorted(set(a) | set(b)) if a.get(n) != b.get(n)]
+    return names
+
+
+def open_checkpoint(path: Path, expected: dict, say: Callable[[str], None] = print) -> dict | None:
+    """The meta of the checkpoint at `path` if it can resume a run whose fingerprint is
+    `expected`; else None. A checkpoint of other code or data is deleted, an unreadable one
+    (truncated, damaged) is renamed to `*.bad`; either with a one-line notice."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as z:
+            for name in z.files:  # reads every member: a damaged one fails its CRC here
+                z[name]
+            meta = json.loads(z["meta"].tobytes().decode())
+        meta["epoch"], meta["history"]
+    except Exception as e:  # noqa: BLE001 - whatever is wrong, it cannot be resumed
+        bad = path.with_name(path.name + ".bad")
+        os.replace(path, bad)
+        say(f"checkpoint {path} is unreadable ({type(e).__name__}): set aside as {bad.name}; "
+            "training starts from epoch 1")
+        return None
+    changed = _changed(meta.get("fingerprint", {}), expected)
+    if changed:
+        path.unlink()
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        say(f"checkpoint {path.name} was made with other code or data ({shown} changed): "
+            "discarded; training starts from epoch 1")
+        return None
+    return meta
 
 
 def save_checkpoint(path: Path, model: Model, optimizer, epoch: int, history: list,
@@ -237,11 +301,18 @@ def save_checkpoint(path: Path, model: Model, optimizer, epoch: int, history: li
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        # A full disk fails the write: the previous checkpoint stays, no half file is left.
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
 
 
 def checkpoint_meta(path: Path) -> dict | None:
@@ -363,6 +434,17 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
         seconds = time.perf_counter() - tic
         train_seconds += seconds
         valid = evaluate_bound(eval_fn, xv, seed=10_000 + t.seed)
+        floor = diverged_below(run)
+        if floor is not None and not valid["bound"] >= floor:
+            # Raised before this epoch is logged or checkpointed: the checkpoint on disk
+            # stays the last epoch that passed this rule.
+            raise DivergedError(
+                f"model '{run.name}': training diverged at epoch {epoch} (steps "
+                f"{(epoch - 1) * steps_per_epoch + 1}-{epoch * steps_per_epoch}, "
+                f"{steps_per_epoch}/epoch): validation bound {valid['bound']:.6g} nats, below "
+                f"{floor:.0f} (twice what a decoder answering 0.5 for every pixel scores). "
+                f"Likely cause: learning rate too high (train.learning_rate="
+                f"{t.learning_rate:g}: try 10x smaller). The last good checkpoint is kept.")
         valid.update(posterior_width(model.encoder, xv))
         logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
         logs.update({f"train_{name}": v / n for name, v in sums.items()})
