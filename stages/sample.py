@@ -23,7 +23,9 @@ def main():
         images = evaluate.prior_samples(folder, params.sample.n, params.sample.seed)  # [n, 784]
         path = Path(args.out) / f"{name}.png"
         figures.save_grid(path, images)
-        tracking.RunLogger.of_model(folder, client).artifact(path, "samples")
+        log = tracking.RunLogger.of_model(folder, client)
+        log.artifact(path, name="samples.png")  # one name in every run: compare view
+        log.params({f"sample.{k}": v for k, v in vars(params.sample).items()})
         print(f"sample: {params.sample.n} digits from {name}'s prior -> {path}")
 
 

@@ -23,7 +23,7 @@ import tensorflow as tf
 from . import data as vdata
 from . import models
 from .config import RunConfig, UserError
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, iwae
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -137,6 +137,19 @@ def make_eval(model: Model, jit: bool):
         return {"bound": tf.reduce_sum(bound), **{n: tf.reduce_sum(t) for n, t in terms.items()}}
 
     return tf.function(evaluate, jit_compile=jit, reduce_retracing=True)
+
+
+def make_valid_bounds(model: Model, k: int, jit: bool):
+    """The ELBO (L_1) and L_k at a fixed k of every model, whatever its own objective, from
+    the same k posterior samples per digit: the curves every model shares. The IWAE bound's
+    terms give the ELBO, mean log w = -(distortion + rate)."""
+    def bounds(x, seed):
+        q = models.posterior(model.encoder, x)
+        b = iwae(x, q, model.p_z, model.decode, k, seed)  # bound, terms: [B] each
+        return {"elbo": -tf.reduce_sum(b.terms["distortion"] + b.terms["rate"]),
+                "Lk": tf.reduce_sum(b.bound)}
+
+    return tf.function(bounds, jit_compile=jit, reduce_retracing=True)
 
 
 def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> dict:
@@ -270,6 +283,7 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     dynamic = run.data.binarize == "dynamic"
     step = make_step(model, optimizer, dynamic, t.jit)
     eval_fn = make_eval(model, t.jit)
+    shared_fn = make_valid_bounds(model, t.valid_k, t.jit)
 
     xs = train_inputs(x_train, run.data.binarize, run.data.seed + 2)
     xv = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
@@ -303,6 +317,9 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
         train_seconds += seconds
         valid = evaluate_bound(eval_fn, xv, seed=10_000 + t.seed)
         valid.update(posterior_width(model.encoder, xv))
+        # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
+        # over the validation digits at that k
+        valid.update(evaluate_bound(shared_fn, xv, seed=20_000 + t.seed))
         logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
         logs.update({f"train_{name}": v / n for name, v in sums.items()})
         logs.update({f"valid_{name}": v for name, v in valid.items()})
