@@ -22,7 +22,8 @@ def main():
         folder = Path(args.models) / name
         images = evaluate.prior_samples(folder, params.sample.n, params.sample.seed)  # [n, 784]
         path = Path(args.out) / f"{name}.png"
-        figures.save_grid(path, images)
+        figures.save_grid(path, images, title=f"{name}: {params.sample.n} samples from the "
+                          "prior, decoded (E[x|z])")
         log = tracking.RunLogger.of_model(folder, client)
         log.artifact(path, name="samples.png")  # one name in every run: compare view
         log.params({f"sample.{k}": v for k, v in vars(params.sample).items()})
