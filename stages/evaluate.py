@@ -42,7 +42,7 @@ def main():
         r = results[name]
         print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
               f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} images/s")
-    claims = report.all_claims(results, infos, cfg.snr_k)
+    claims = report.all_claims(results, infos, cfg.snr_k, cfg.nll_seed_std)
 
     ref = report.reference_model(results, infos)
     with io.atomic_dir(args.report) as out:

@@ -153,6 +153,14 @@ def test_a_verdict_flips_when_its_numbers_do(claim, change):
     assert all(verdict == report.HOLDS for n, verdict in v.items() if n != claim)
 
 
+def test_claim_1_takes_the_seed_spread_of_a_sweep():
+    results, infos = fake_results()
+    results["vae_mc"]["nll"] = 101.5  # 1.5 nats apart: over 1% of the NLL
+    assert verdicts(results, infos)[1] == report.FAILS
+    claim = report.claim_1(results, infos, seed_std=0.8)  # 2 x 0.8 = 1.6 > 1.5
+    assert claim.verdict == report.HOLDS and "0.80 (evaluate.nll_seed_std)" in claim.evidence
+
+
 def test_claim_6_tolerance_is_three_standard_errors_of_the_measured_spread():
     results, infos = fake_results()
     results["iwae"].update(own_bound=-96.5)  # L 0.5 nat below the NLL
