@@ -45,13 +45,11 @@ def main():
         # Epochs past the checkpoint that the killed run had logged already are trained
         # again (to the same values) but not logged twice.
         logged = log.last_step("valid_bound") if log.run_id == resume_id else 0
-        if log.run_id != resume_id:
-            source = params.data.path or params.data.source
+        if log.run_id != resume_id:  # the prepared digits (params data.source, data.path)
             for part, x in (("train", x_train), ("valid", x_valid)):
-                log.dataset(x, f"{params.data.source}-{part}", str(Path(args.data).resolve()
-                                                                  / f"{part}.npz"),
+                log.dataset(x, f"{params.data.source}-{part}",
+                            str(Path(args.data).resolve() / f"{part}.npz"),
                             context="training" if part == "train" else "validation")
-            log.tag("data.source", source)
 
         def on_epoch(logs):
             if logs["epoch"] > logged:
