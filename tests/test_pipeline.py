@@ -100,7 +100,8 @@ def test_outputs_exist_and_parse(repo, first_run):
         assert f"### {i}." in report
     assert report.count("**HOLDS** (indicative)") + report.count("**DOES NOT HOLD** (indicative)") \
         + report.count("**NOT MEASURED** (indicative)") == 6
-    assert "**Indicative run**" in report and "vae 2, vae_mc 2, iwae 2, prior 1 of 200 epochs" in report
+    assert "**Indicative run**" in report
+    assert "vae 2, vae_mc 2, iwae 2, prior 1 of 200 epochs" in report
     assert "### 6. The loss L upper-bounds -E[log p(x)]: **HOLDS**" in report
     for fig in ("samples", "reconstructions", "posterior_std", "snr", "prior_vs_posterior"):
         assert (repo / "reports" / "figures" / f"{fig}.png").is_file()

@@ -80,7 +80,8 @@ def claim_1(results, infos, seed_std: float | None = None) -> Claim:
     na = float(np.mean([results[n]["nll"] for n in a]))
     nb = float(np.mean([results[n]["nll"] for n in b]))
     spreads = [s for s in (_spread(results, a), _spread(results, b)) if s is not None]
-    spread, source = (max(spreads), "in this run") if spreads else (seed_std, "evaluate.nll_seed_std")
+    spread, source = ((max(spreads), "in this run") if spreads
+                      else (seed_std, "evaluate.nll_seed_std"))
     tol = max(0.01 * na, 2 * spread if spread else 0.0)
     ev = (f"NLL eq. (4) {na:.2f} ({', '.join(a)}), eq. (5) {nb:.2f} ({', '.join(b)}): "
           f"difference {abs(na - nb):.2f} nats, tolerance {tol:.2f}; seed-to-seed std "
