@@ -153,6 +153,13 @@ def test_a_verdict_flips_when_its_numbers_do(claim, change):
     assert all(verdict == report.HOLDS for n, verdict in v.items() if n != claim)
 
 
+def test_report_names_each_epoch_of_the_posterior_trace_once():
+    results, infos = fake_results()
+    infos["vae"]["posterior_std_by_epoch"] = [[1, 0.9], [2, 0.5]]  # a 2-epoch run
+    claim = report.claim_3(results, infos)
+    assert claim.evidence.count("epoch 1:") == 1 and claim.evidence.count("epoch 2:") == 1
+
+
 def test_claim_1_takes_the_seed_spread_of_a_sweep():
     results, infos = fake_results()
     results["vae_mc"]["nll"] = 101.5  # 1.5 nats apart: over 1% of the NLL
