@@ -1,15 +1,17 @@
 """DVC stage `evaluate`: measure every trained model on the fixed test set, turn the
 article's claims into verdicts, write metrics/evaluate.json and reports/report.md."""
+import dataclasses
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from vaelab import cli
-from vaelab.config import load_params
+from vaelab.config import clipped_prior_k, load_params
 from vaelab.quiet import use_backend
 
-from stages.check import check_cost, evaluate_cost  # noqa: E402
+from stages.check import check_cost, evaluate_cost
+
 
 @contextmanager
 def heartbeat(what: str, expected_s: float, every_s: float = 30.0):
@@ -37,7 +39,9 @@ def main():
     p = cli.parser(__doc__)
     p.add_argument("--data", default="data/prepared")
     p.add_argument("--models", default="models")
-    p.add_argument("--metrics", default="metrics/evaluate.json")
+    p.add_argument("--metrics", default="metrics/evaluate.json", help="every figure, per model")
+    p.add_argument("--summary", default="metrics/summary.json",
+                   help="the headline figures per model (what `dvc exp show` lists)")
     p.add_argument("--report", default="reports", help="folder for report.md and figures/")
     args = p.parse_args()
     params = load_params(args.params)
@@ -54,6 +58,13 @@ def main():
     n_train = len(data.load_prepared(args.data, "train")["y"])
 
     loaded = {n: evaluate.Loaded.from_folder(Path(args.models) / n) for n in names}
+    n_test = min(cfg.n_test, len(test["y"]))
+    if clipped_prior_k(cfg) != cfg.prior_k:
+        print(f"evaluate: evaluate.prior_k {list(cfg.prior_k)} clipped to evaluate.k={cfg.k}: "
+              f"{list(clipped_prior_k(cfg))}")
+    budget = report.budget_shortfalls({n: m.info for n, m in loaded.items()}, cfg, n_test)
+    if budget:
+        print(f"evaluate: indicative run, below the default budget: {'; '.join(budget)}")
     results, infos = {}, {}
     for i, (name, m) in enumerate(loaded.items(), 1):
         print(f"evaluate: {name} ({i}/{len(loaded)}): L_{cfg.k} on "
@@ -67,30 +78,39 @@ def main():
         print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
               f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} "
               f"images/s, {time.perf_counter() - tic:.0f}s", flush=True)
-    claims = report.all_claims(results, infos, cfg.snr_k)
+    claims = report.all_claims(results, infos, cfg.snr_k, cfg.nll_seed_std)
 
     ref = report.reference_model(results, infos)
     with io.atomic_dir(args.report) as out:
         figs = write_figures(out / "figures", loaded, results, test, params, ref)
         context = {"k": cfg.k, "source": params.data.source, "n_train": n_train,
-                   "n_test": min(cfg.n_test, len(test["y"])), "snr_k": cfg.snr_k,
+                   "n_test": n_test, "snr_k": cfg.snr_k, "indicative": budget,
                    "prior_vs_posterior": (ref, results[ref]["_prior_vs_posterior"]),
                    "figures": figs}
         io.write_text(out / "report.md", report.render(results, infos, claims, context))
     public = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()}
     io.write_json(args.metrics, public)
+    io.write_json(args.summary, report.summary(public, infos))
+    label = " (indicative)" if budget else ""
     for c in claims:
-        print(f"evaluate: claim {c.number} ({c.title}): {c.verdict}")
+        print(f"evaluate: claim {c.number} ({c.title}): {c.verdict}{label}")
 
-    verdicts = {f"claim_{c.number}": c.verdict for c in claims}
+    verdicts = {f"claim_{c.number}": c.verdict + label for c in claims}
+    # The estimator and the test set are in the name: L_200 on 50 digits is not L_5000 on
+    # 500, and a re-evaluation with other evaluate.* params adds to the same training run.
+    prefix = f"test_L{cfg.k}_n{n_test}/"
+    described = {**{f"evaluate.{k}": v for k, v in dataclasses.asdict(cfg).items()},
+                 "evaluate.n_test_used": n_test, "evaluate.prior_k_used": clipped_prior_k(cfg)}
     for name in names:
         log = logs[name]
         # One point per evaluation of this model: step n is its n-th evaluation, so a
         # rerun (other evaluate params) adds a point instead of piling up at step 0.
-        step = log.last_step("test_nll") + 1
-        log.metrics({f"test_{k}": v for k, v in public[name].items()}, step=step)
+        step = log.last_step(prefix + "nll") + 1
+        log.metrics({prefix + k: v for k, v in public[name].items()}, step=step)
+        log.params(described)
         for k, v in verdicts.items():
             log.tag(f"report.{k}", v)
+        log.tag("vaelab.budget", "indicative: " + "; ".join(budget) if budget else "default")
         log.artifacts(args.report, "report")
     print(f"evaluate: report -> {Path(args.report) / 'report.md'}")
 

@@ -25,8 +25,10 @@ def main():
         images = evaluate.prior_samples_of(loaded[name], params.sample.n,
                                            params.sample.seed)  # [n, 784]
         path = Path(args.out) / f"{name}.png"
-        figures.save_grid(path, images)
-        logs[name].artifact(path, "samples")
+        figures.save_grid(path, images, title=f"{name}: {params.sample.n} samples from the "
+                          "prior, decoded (E[x|z])")
+        logs[name].artifact(path, name="samples.png")  # one name in every run: compare view
+        logs[name].params({f"sample.{k}": v for k, v in vars(params.sample).items()})
         print(f"sample: {params.sample.n} digits from {name}'s prior -> {path}")
 
 

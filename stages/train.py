@@ -52,7 +52,9 @@ def main():
     [name] = cli.model_names(params, [args.name])
     run = params.models[name]
     use_backend(run.train.backend)  # before anything imports Keras
-    from vaelab import backend, data, io, models, tracking, train
+    import keras
+
+    from vaelab import backend, data, io, models, report, tracking, train
     out = Path(args.out or f"models/{name}")
     metrics_path = Path(args.metrics or f"metrics/train/{name}.json")
     curve_path = Path(args.curve or f"metrics/curves/{name}.csv")
@@ -68,14 +70,22 @@ def main():
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
           f"{len(x_train)} digits" + (f", resuming after epoch {meta['epoch']}" if meta else ""))
 
-    tags = tracking.run_tags(f"train@{name}", {"objective": run.objective, "k": run.k,
-                                                "vaelab.backend": backend.NAME,
-                                                "vaelab.device": ", ".join(backend.devices())})
+    extra = {"objective": run.objective, "k": run.k, "vaelab.backend": backend.NAME,
+             "vaelab.device": ", ".join(backend.devices())}
+    if run.train.epochs < report.DEFAULT_BUDGET["train.epochs"]:
+        extra["vaelab.budget"] = (f"indicative: {run.train.epochs} of "
+                                  f"{report.DEFAULT_BUDGET['train.epochs']} epochs")
+    tags = tracking.run_tags(f"train@{name}", extra)
     with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), tags,
                             run_id=resume_id) as log:
         # Epochs past the checkpoint that the killed run had logged already are trained
         # again (to the same values) but not logged twice.
         logged = log.last_step("valid_bound") if log.run_id == resume_id else 0
+        if log.run_id != resume_id:  # the prepared digits (params data.source, data.path)
+            for part, x in (("train", x_train), ("valid", x_valid)):
+                log.dataset(x, f"{params.data.source}-{part}",
+                            str(Path(args.data).resolve() / f"{part}.npz"),
+                            context="training" if part == "train" else "validation")
 
         def on_epoch(logs):
             if logs["epoch"] > logged:
@@ -99,9 +109,11 @@ def main():
         final = result.history[-1]
         every = max(1, len(result.history) // 10)
         info = {"name": name, **run.as_flat_dict(), "epochs_trained": final["epoch"],
+                "train_seconds": sum(h["seconds"] for h in result.history),
                 # how the posterior narrowed, for the report: [epoch, median std] pairs
-                "posterior_std_by_epoch": [[h["epoch"], h["valid_posterior_std"]] for h in
-                                           result.history[:1] + result.history[every - 1::every]]}
+                "posterior_std_by_epoch": [[e, v] for e, v in {  # each epoch once
+                    h["epoch"]: h["valid_posterior_std"]
+                    for h in result.history[:1] + result.history[every - 1::every]}.items()]}
         with io.atomic_dir(out) as tmp:
             models.save(tmp, result.encoder, result.decoder, info)
             io.write_json(tmp / "mlflow.json", log.describe())
@@ -113,7 +125,13 @@ def main():
         io.write_text(curve_path, ",".join(columns) + "\n" + "".join(
             ",".join(f"{h[c]:.6g}" for c in columns) + "\n" for h in result.history))
         log.artifacts(out, "model")
-        log.artifact(curve_path)
+        # the plain .keras files stay under model/; this is the same networks composed as
+        # x -> decoder output at the posterior mean, through MLflow's Keras flavour
+        x_in = keras.Input((x_valid[0].size,), name="x")
+        log.keras_model(keras.Model(x_in, result.decoder(result.encoder(x_in)[0]),
+                                    name=f"{name}_reconstruction"),
+                        data.to_unit(x_valid[:2]))
+        log.artifact(curve_path, name="curve.csv")
         log.metrics({"final_" + k: v for k, v in summary.items()})
     ckpt.unlink(missing_ok=True)  # the outputs are safe; the checkpoint has done its job
     print(f"train@{name}: valid bound {final['valid_bound']:.2f} nats, "

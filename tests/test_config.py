@@ -3,12 +3,13 @@ mistake in params.yaml becomes one ParamsError line `file: key.path: what is all
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
 import yaml
 
-from vaelab.config import ParamsError, RunConfig, load_params, parse_params
+from vaelab.config import ParamsError, RunConfig, clipped_prior_k, load_params, parse_params
 
 FILE = "my/params.yaml"
 
@@ -103,6 +104,20 @@ def test_missing_sections_take_defaults():
     assert p.models["vae"].k == 1
     assert p.train.epochs == 100 and p.model.hidden == (200, 200)
     assert p.evaluate.snr_repeats >= 2 and p.mlflow.experiment
+
+
+def test_prior_k_follows_evaluate_k():
+    e = parse_params({"models": {"vae": {"objective": "elbo_analytic"}},
+                      "evaluate": {"k": 200, "prior_k": [1, 10, 100, 1000, 5000]}}).evaluate
+    assert clipped_prior_k(e) == (1, 10, 100, 200)
+    assert clipped_prior_k(dataclasses.replace(e, k=5000)) == (1, 10, 100, 1000, 5000)
+
+
+def test_valid_k_is_shared_by_every_model():
+    with pytest.raises(ParamsError, match="models.iwae.valid_k: is shared by all models"):
+        parse_params({"models": {"iwae": {"objective": "iwae", "k": 5, "valid_k": 5}}})
+    p = parse_params({"train": {"valid_k": 7}, "models": {"vae": {"objective": "elbo_analytic"}}})
+    assert p.models["vae"].train.valid_k == 7
 
 
 def test_as_flat_dict():

@@ -96,6 +96,36 @@ def test_idx_folder_with_train_and_t10k_loads_train_first(mnist5k, tmp_path):
     np.testing.assert_array_equal(ys, np.concatenate([y[30:100], y[:30]]))
 
 
+def test_idx_prepare_keeps_the_official_split(mnist_dir, mnist5k, tmp_path):
+    """Training files train (validation carved from them), the official test files test."""
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, folder / name)
+    x, y = mnist5k
+    write_pair(folder, "train", x[:300], y[:300], gz=True)
+    cfg = DataConfig(source="idx", path=str(folder), valid_size=50, test_size=80, seed=0)
+    sizes = prepare(cfg, tmp_path / "out")
+    assert sizes == {"train": 250, "valid": 50, "test": 80}
+    official = read_idx(folder / "t10k-images-idx3-ubyte.gz")
+    test = load_prepared(tmp_path / "out", "test")["x"]
+    rows = {a.tobytes() for a in official}
+    assert all(t.tobytes() in rows for t in test), "every test digit is an official test digit"
+    train_rows = {a.tobytes() for a in x[:300]}
+    for part in ("train", "valid"):
+        assert all(t.tobytes() in train_rows for t in load_prepared(tmp_path / "out", part)["x"])
+    # all of the test files when test_size asks for more
+    big = DataConfig(source="idx", path=str(folder), valid_size=50, test_size=20000, seed=0)
+    assert prepare(big, tmp_path / "out2")["test"] == 10000
+
+
+def test_idx_prepare_refuses_a_folder_without_training_files(mnist_dir):
+    cfg = DataConfig(source="idx", path=str(mnist_dir), valid_size=50, test_size=80, seed=0)
+    with pytest.raises(DataError, match="holds only test files.*train-images-idx3-ubyte") as e:
+        prepare(cfg, "/nonexistent/never-written")
+    assert "\n" not in str(e.value)
+
+
 def test_npz_source(mnist5k, tmp_path):
     x, y = mnist5k
     np.savez(tmp_path / "d.npz", x=x[:200], y=y[:200].astype(np.uint8))
@@ -372,6 +402,13 @@ def test_npz_missing_key(small, tmp_path):
     np.savez(path, images=small[0], y=small[1])
     with pytest.raises(DataError, match=r"nox\.npz.*'x'.*images"):
         load_source("npz", str(path))
+
+
+def test_npz_without_labels(small, tmp_path):
+    np.savez(tmp_path / "nolabels.npz", x=small[0])
+    x, y = load_source("npz", str(tmp_path / "nolabels.npz"))
+    np.testing.assert_array_equal(x, small[0])
+    assert y.dtype == np.int64 and (y == -1).all() and len(y) == len(x)
 
 
 def test_npz_float_x_refused(small, tmp_path):

@@ -141,6 +141,8 @@ def fake_results():
     results["iwae"].update(nll=97.0, gap_elbo_nll=9.0, active_units=18, own_bound=-99.0,
                            loss_minus_nll=2.0)
     results["prior"].update(nll=140.0, own_bound=-150.0, loss_minus_nll=10.0)
+    for r in results.values():
+        r.update(nll_ref=r["nll"], loss_se=0.1, nll_ref_se=0.05, _nll_ref_by="NLL, L_5000")
     infos = {"vae": {"objective": "elbo_analytic", "k": 1}, "vae_mc": {"objective": "elbo_mc", "k": 1},
              "iwae": {"objective": "iwae", "k": 50}, "prior": {"objective": "prior_mc", "k": 50}}
     return results, infos
@@ -168,6 +170,47 @@ def test_a_verdict_flips_when_its_numbers_do(claim, change):
     v = verdicts(results, infos)
     assert v[claim] == report.FAILS
     assert all(verdict == report.HOLDS for n, verdict in v.items() if n != claim)
+
+
+def test_report_names_each_epoch_of_the_posterior_trace_once():
+    results, infos = fake_results()
+    infos["vae"]["posterior_std_by_epoch"] = [[1, 0.9], [2, 0.5]]  # a 2-epoch run
+    claim = report.claim_3(results, infos)
+    assert claim.evidence.count("epoch 1:") == 1 and claim.evidence.count("epoch 2:") == 1
+
+
+def test_claim_1_takes_the_seed_spread_of_a_sweep():
+    results, infos = fake_results()
+    results["vae_mc"]["nll"] = 101.5  # 1.5 nats apart: over 1% of the NLL
+    assert verdicts(results, infos)[1] == report.FAILS
+    claim = report.claim_1(results, infos, seed_std=0.8)  # 2 x 0.8 = 1.6 > 1.5
+    assert claim.verdict == report.HOLDS and "0.80 (evaluate.nll_seed_std)" in claim.evidence
+
+
+def test_claim_6_tolerance_is_three_standard_errors_of_the_measured_spread():
+    results, infos = fake_results()
+    results["iwae"].update(own_bound=-96.5)  # L 0.5 nat below the NLL
+    results["iwae"].update(loss_se=0.1, nll_ref_se=0.05)  # 3 se = 0.34 < 0.5
+    assert verdicts(results, infos)[6] == report.FAILS
+    results["iwae"].update(loss_se=0.2, nll_ref_se=0.1)  # 3 se = 0.67 > 0.5: noise
+    assert verdicts(results, infos)[6] == report.HOLDS
+    results["iwae"].update(_nll_ref_by="")  # evaluate.k below the model's k
+    assert verdicts(results, infos)[6] == report.UNMEASURED
+
+
+def test_mean_se_matches_the_standard_error_of_a_mean():
+    rng = np.random.default_rng(0)
+    n, sigma = 400, 3.0
+    log_w = rng.normal(-100.0, sigma, size=(200, n)).astype(np.float32)  # [K, N]
+    # k=1: one log-weight per digit, so the mean over n digits has std sigma / sqrt(n)
+    assert evaluate.mean_se(log_w, 1) == pytest.approx(sigma / np.sqrt(n), rel=0.05)
+    # shared samples: the spread of the 200 group means says the same for independent draws
+    assert evaluate.mean_se(log_w, 1, shared=True) == pytest.approx(sigma / np.sqrt(n), rel=0.15)
+    # a k-sample bound of near-equal weights is their mean to first order: std sigma/sqrt(k)
+    small = rng.normal(-100.0, 0.05, size=(400, n))
+    assert evaluate.mean_se(small, 4) == pytest.approx(0.05 / np.sqrt(4 * n), rel=0.05)
+    assert evaluate.tightest_se(small) == pytest.approx(0.05 / np.sqrt(400 * n), rel=0.1)
+    assert np.isnan(evaluate.mean_se(log_w, 150))  # one group: no spread to measure
 
 
 def test_claims_without_the_models_they_need_are_not_measured():

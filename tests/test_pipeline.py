@@ -83,17 +83,28 @@ def test_outputs_exist_and_parse(repo, first_run):
         assert np.isfinite(train_metrics["valid_bound"]) and train_metrics["samples_per_s"] > 0
         curve = (repo / "metrics" / "curves" / f"{n}.csv").read_text().splitlines()
         assert curve[0].startswith("epoch,") and len(curve) == 1 + (1 if n == "prior" else 2)
+        # the curves every model shares: ELBO <= L_k on the same samples
+        rows = [dict(zip(curve[0].split(","), map(float, line.split(",")))) for line in curve[1:]]
+        assert all(r["valid_elbo"] <= r["valid_Lk"] + 1e-3 for r in rows)
         assert (repo / "samples" / f"{n}.png").read_bytes()[:4] == b"\x89PNG"
     ev = json.loads((repo / "metrics" / "evaluate.json").read_text())
     assert set(ev) == set(NAMES)
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    assert set(summary) == set(NAMES)
+    for n, s in summary.items():
+        assert set(s) == {"nll", "elbo", "active_units", "train_min"}
+        assert s["nll"] == pytest.approx(ev[n]["nll"], abs=1e-3) and s["train_min"] > 0
     for r in ev.values():
         assert r["nll"] > 0 and r["elbo"] <= -r["nll"] + 1e-3  # ELBO <= L_k
         assert 0 <= r["active_units"] <= 50
     report = (repo / "reports" / "report.md").read_text()
     for i in range(1, 7):
         assert f"### {i}." in report
-    assert report.count("**HOLDS**") + report.count("**DOES NOT HOLD**") \
-        + report.count("**NOT MEASURED**") == 6
+    assert report.count("**HOLDS** (indicative)") + report.count("**DOES NOT HOLD** (indicative)") \
+        + report.count("**NOT MEASURED** (indicative)") == 6
+    assert "**Indicative run**" in report
+    assert "vae 2, vae_mc 2, iwae 2, prior 1 of 200 epochs" in report
+    assert "### 6. The loss L upper-bounds -E[log p(x)]: **HOLDS**" in report
     for fig in ("samples", "reconstructions", "posterior_std", "snr", "prior_vs_posterior"):
         assert (repo / "reports" / "figures" / f"{fig}.png").is_file()
     assert not list((repo / ".checkpoints").glob("*.npz")), "finished runs keep no checkpoint"
@@ -115,15 +126,32 @@ def test_mlflow_store_has_one_complete_run_per_model(repo, first_run):
         assert steps == ({1} if name == "prior" else {1, 2}), "one point per epoch, step=epoch"
         keys = {k for (k,) in db.execute("select key from latest_metrics where run_uuid = ?",
                                          (run_id,))}
-        assert {"test_nll", "test_elbo", "test_active_units"} <= keys
+        # the estimator and the test set are in the name: L_20 on 40 digits
+        assert {"test_L20_n40/nll", "test_L20_n40/elbo", "test_L20_n40/active_units",
+                "valid_elbo", "valid_Lk"} <= keys
+        assert params["evaluate.k"] == "20" and params["evaluate.n_test_used"] == "40"
+        assert params["sample.n"] == "4" and params["train.valid_k"] == "50"
         tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)))
         assert tags["dvc.stage"] == f"train@{name}" and tags["objective"]
         assert tags.get("git_commit")
+        assert tags["vaelab.budget"].startswith("indicative: ")
+        assert tags["report.claim_6"].endswith(" (indicative)")
+        inputs = {n for (n,) in db.execute(
+            "select d.name from inputs i join datasets d on i.source_id = d.dataset_uuid "
+            "where i.destination_id = ?", (run_id,))}
+        assert inputs == {"mnist5k-train", "mnist5k-valid"}
+        flavours = db.execute("select count(*) from logged_models where source_run_id = ?",
+                              (run_id,)).fetchone()[0]
+        assert flavours == 1, "the Keras flavour, with its signature"
+    kind = dict(db.execute("select key, value from experiment_tags"))
+    assert kind["mlflow.experimentKind"] == "custom_model_development"
     artifacts = repo / "mlruns"
     for name, run_id in runs.items():
-        found = {p.name for p in artifacts.rglob("*") if run_id in str(p)}
-        assert {"encoder.keras", "decoder.keras", "model.json", "report.md",
-                f"{name}.png"} <= found, found
+        found = {p.relative_to(artifacts).as_posix().split(f"{run_id}/artifacts/")[-1]
+                 for p in artifacts.rglob("*") if f"{run_id}/artifacts/" in p.as_posix()}
+        # common names, so MLflow's compare view lines the runs' files up
+        assert {"model/encoder.keras", "model/decoder.keras", "model/model.json",
+                "report/report.md", "samples.png", "curve.csv"} <= found, found
 
 
 def test_second_repro_runs_only_the_check(repo, first_run):
@@ -213,10 +241,49 @@ def test_each_evaluation_logs_its_own_step(repo, first_run, tmp_path):
         with sqlite3.connect(repo / "mlflow.db") as db:
             return sorted(s for (s,) in db.execute(
                 "select m.step from metrics m join runs r on m.run_uuid = r.run_uuid "
-                "where r.name = 'vae' and r.status = 'FINISHED' and m.key = 'test_nll'"))
+                "where r.name = 'vae' and r.status = 'FINISHED' "
+                "and m.key = 'test_L20_n40/nll'"))
 
     before = steps()
     assert before == list(range(1, len(before) + 1)) and before, before
     sh(repo, sys.executable, "-m", "stages.evaluate", "--metrics", str(tmp_path / "m.json"),
        "--report", str(tmp_path / "rep"))
     assert steps() == before + [before[-1] + 1]
+
+
+def test_experiments_compare_in_dvc(repo, first_run):
+    """The loop a user runs: a committed baseline, one `dvc exp run -S ...`, then both sides
+    read back from `dvc exp show` and `dvc metrics diff`. The experiment is a small run whose
+    derived settings follow (prior_k [1, 10] clipped to evaluate.k=5) and only reevaluates."""
+    dvc(repo, "repro")  # whatever earlier tests left out of date: the committed baseline
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    tracked = sh(repo, "git", "ls-files", "metrics").stdout.split()
+    assert "metrics/summary.json" in tracked and "metrics/curves/vae.csv" in tracked
+    out = dvc(repo, "exp", "run", "-n", "small", "-S", "evaluate.k=5", "-S", "evaluate.n_test=20")
+    assert ran(out) == {"evaluate"}
+    assert "clipped to evaluate.k=5: [1, 5]" in out.stdout
+
+    rows = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    base = next(r for r in rows if r["rev"] != "workspace")
+    [exp] = [e for r in base["experiments"] or [] for e in r["revs"] if e["name"] == "small"]
+
+    def numbers(row):
+        data = row["data"]
+        return (data["metrics"]["metrics/summary.json"]["data"],
+                data["params"]["params.yaml"]["data"]["evaluate"])
+
+    (m_base, p_base), (m_exp, p_exp) = numbers(base), numbers(exp)
+    assert (p_base["k"], p_base["n_test"], p_exp["k"], p_exp["n_test"]) == (20, 40, 5, 20)
+    assert set(m_base) == set(m_exp) == set(NAMES)
+    assert m_base["vae"]["nll"] != m_exp["vae"]["nll"]
+    assert m_base["vae"]["train_min"] == m_exp["vae"]["train_min"]  # not retrained
+
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json", "HEAD", "small").stdout)
+    d = diff["metrics/summary.json"]["vae.nll"]
+    assert (d["old"], d["new"]) == (m_base["vae"]["nll"], m_exp["vae"]["nll"])
+    params = json.loads(dvc(repo, "params", "diff", "--json", "HEAD", "small").stdout)
+    assert params["params.yaml"]["evaluate.k"]["old"] == 20
+    assert params["params.yaml"]["evaluate.k"]["new"] == 5
+    plots = dvc(repo, "plots", "diff", "--json", "HEAD", "small")
+    assert "valid_elbo" in plots.stdout and "errors" not in json.loads(plots.stdout)

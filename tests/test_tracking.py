@@ -67,3 +67,45 @@ def test_runs_left_running_by_dead_processes_are_marked_killed(monkeypatch, tmp_
     assert status == {"orphan": "KILLED", "live": "RUNNING", "elsewhere": "RUNNING",
                       "other model": "RUNNING"}
     assert client.get_run(new).info.status == "FINISHED"
+
+
+def test_runs_are_named_after_model_and_dvc_experiment(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-abc12")
+    with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+        run = log.client.get_run(log.run_id)
+        assert run.info.run_name == "vae@exp-abc12"
+        assert run.data.tags["vaelab.model"] == "vae"
+    monkeypatch.delenv("DVC_EXP_NAME")
+    assert tracking.run_name("vae") == "vae"
+
+
+def test_experiment_opens_as_model_development(monkeypatch, tmp_path):
+    """MLflow's UI reads this tag where its workflow switch does not decide (README)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, exp_id = tracking.connect("e")
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.delete_experiment_tag(exp_id, "mlflow.experimentKind")  # a store from before
+    client, exp_id = tracking.connect("e")
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_params_of_a_reevaluation_keep_the_first_and_tag_the_latest(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+        log.params({"evaluate.k": 5000, "evaluate.n_test": 500})
+        log.params({"evaluate.k": 200, "evaluate.n_test": 500})  # no MLflow error
+        run = log.client.get_run(log.run_id)
+    assert run.data.params["evaluate.k"] == "5000" and run.data.tags["evaluate.k"] == "200"
+    assert "evaluate.n_test" not in run.data.tags
+
+
+def test_a_failing_optional_extra_keeps_the_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+        log.keras_model(object(), None)  # not a Keras model: the flavour fails
+        log.dataset("not an array", "d", "/nowhere")
+        run_id = log.run_id
+    out = capsys.readouterr().out
+    assert "mlflow: Keras model flavour not logged" in out and "mlflow: dataset d not logged" in out
+    assert log.client.get_run(run_id).info.status == "FINISHED"

@@ -166,15 +166,21 @@ def _plain_or_gz(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _load_idx_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    expected = ("train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] and/or "
-                "t10k-images-idx3-ubyte[.gz] + t10k-labels-idx1-ubyte[.gz]")
+_IDX_EXPECTED = ("train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] and/or "
+                 "t10k-images-idx3-ubyte[.gz] + t10k-labels-idx1-ubyte[.gz]")
+
+
+def _idx_folder_pairs(folder: Path) -> list[tuple[Path, Path]]:
     if not folder.is_dir():
-        raise DataError(f"data.path: {folder} is not a folder; it should hold {expected}")
+        raise DataError(f"data.path: {folder} is not a folder; it should hold {_IDX_EXPECTED}")
     pairs = _idx_pairs(folder)
     if not pairs:
         raise DataError(f"data.path: {folder} holds no *-images-idx3-ubyte[.gz] file; "
-                        f"expected {expected}")
+                        f"expected {_IDX_EXPECTED}")
+    return pairs
+
+
+def _read_idx_pairs(pairs) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for images, labels in pairs:
         x, y = read_idx(images), read_idx(labels)
@@ -190,6 +196,33 @@ def _load_idx_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         xs.append(x)
         ys.append(y.astype(np.int64))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _load_idx_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of the folder pooled (train-* first): to read the files, not to split them
+    (`idx_split` keeps the official split)."""
+    return _read_idx_pairs(_idx_folder_pairs(folder))
+
+
+def _is_test(images: Path) -> bool:
+    return images.name.startswith(("t10k-", "test-"))
+
+
+def idx_split(folder: str | Path) -> tuple[tuple[np.ndarray, np.ndarray],
+                                          tuple[np.ndarray, np.ndarray] | None]:
+    """The official split of an idx folder: (training pairs pooled, test pairs pooled or
+    None). t10k-* / test-* files are the test set and never train; every other pair trains.
+    A folder without training files is an error: training on the test set would make every
+    test figure meaningless."""
+    folder = Path(folder)
+    pairs = _idx_folder_pairs(folder)
+    train = [p for p in pairs if not _is_test(p[0])]
+    test = [p for p in pairs if _is_test(p[0])]
+    if not train:
+        raise DataError(f"data.path: {folder} holds only test files "
+                        f"({', '.join(p[0].name for p in test)}); add the training files "
+                        "train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]")
+    return _read_idx_pairs(train), (_read_idx_pairs(test) if test else None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -226,6 +259,9 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"data.path: {path}: file not found (expected an .npz holding "
                         "x uint8 [N,28,28] and y [N])")
     arrays = _read_npz(path)
+    if "x" in arrays and "y" not in arrays:
+        # labels are optional: nothing trains or scores on them; -1 says "no label"
+        arrays["y"] = np.full(len(arrays["x"]), -1, np.int64)
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing array '{key}' (found: "
@@ -275,6 +311,23 @@ def split(x: np.ndarray, y: np.ndarray, valid_size: int, test_size: int,
     return {part: (x[i], y[i]) for part, i in idx.items()}
 
 
+def official_split(train, test, valid_size: int, test_size: int,
+                   seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A source with its own test files (idx): validation is carved from the training
+    files, the test set is a seeded sample of test_size digits of the test files (all of
+    them when test_size >= their number). Without test files, `split` as for any source."""
+    if test is None:
+        return split(*train, valid_size, test_size, seed)
+    (x, y), (xt, yt) = train, test
+    if valid_size >= len(x):
+        raise DataError(f"data.valid_size = {valid_size} leaves no training data: the "
+                        f"training files hold only {len(x)} images")
+    order = np.random.default_rng(seed).permutation(len(x))
+    pick = np.random.default_rng(seed).permutation(len(xt))[:test_size]
+    return {"test": (xt[pick], yt[pick]), "valid": (x[order[:valid_size]], y[order[:valid_size]]),
+            "train": (x[order[valid_size:]], y[order[valid_size:]])}
+
+
 def _flat(x: np.ndarray, caller: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype != np.uint8 or x.ndim < 2 or int(np.prod(x.shape[1:])) != PIXELS:
@@ -310,8 +363,11 @@ def to_unit(x: np.ndarray) -> np.ndarray:
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, int]:
     """Write train.npz, valid.npz, test.npz into out_dir; return their sizes."""
     out_dir = Path(out_dir)
-    x, y = load_source(cfg.source, cfg.path)
-    parts = split(x, y, cfg.valid_size, cfg.test_size, cfg.seed)
+    if cfg.source == "idx" and cfg.path:
+        parts = official_split(*idx_split(cfg.path), cfg.valid_size, cfg.test_size, cfg.seed)
+    else:
+        x, y = load_source(cfg.source, cfg.path)
+        parts = split(x, y, cfg.valid_size, cfg.test_size, cfg.seed)
 
     # The evaluation bits: thresholded when the models train on thresholded data, else one
     # fixed Bernoulli draw. For binarize "none" the draw is still made so every test.npz has

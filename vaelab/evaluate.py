@@ -24,7 +24,7 @@ from keras import ops
 
 from . import backend, models
 from .backend import tfd
-from .config import EvaluateConfig
+from .config import EvaluateConfig, clipped_prior_k
 from .objectives import OBJECTIVES, iwae, iwae_from_log_weights
 
 
@@ -104,13 +104,39 @@ def _log_weights_fn(m: Loaded, p_z, decode, chunk):
     return chunk_fn
 
 
-def l_k(log_w: np.ndarray, k: int) -> np.ndarray:
-    """Mean IWAE_k bound [N] over the disjoint groups of k samples in log_w [K, N]."""
+def l_k_groups(log_w: np.ndarray, k: int) -> np.ndarray:
+    """The IWAE_k bound of each disjoint group of k samples in log_w [K, N]: [K // k, N]."""
     groups = log_w.shape[0] // k
     if groups < 1:
         raise ValueError(f"L_{k} needs at least {k} log-weights, got {log_w.shape[0]}")
     grouped = log_w[:groups * k].reshape(groups, k, -1)  # [groups, k, N]
-    return np.asarray(iwae_from_log_weights(ops.convert_to_tensor(np.moveaxis(grouped, 1, 0)))).mean(0)
+    return np.asarray(iwae_from_log_weights(ops.convert_to_tensor(np.moveaxis(grouped, 1, 0))))
+
+
+def l_k(log_w: np.ndarray, k: int) -> np.ndarray:
+    """Mean IWAE_k bound [N] over the disjoint groups of k samples in log_w [K, N]."""
+    return l_k_groups(log_w, k).mean(0)
+
+
+def mean_se(log_w: np.ndarray, k: int, shared: bool = False) -> float:
+    """Monte Carlo standard error of ONE k-sample estimate of the mean bound over the N
+    digits (what `own_bound` computes), measured from the spread of the disjoint groups of
+    k samples in log_w [K, N]; nan with fewer than two groups. Posterior samples are drawn
+    independently per digit, so the per-digit variances pool (stable even with few groups);
+    prior samples are shared by all digits (eq. 7), so the group means' spread is used."""
+    if log_w.shape[0] // k < 2:
+        return float("nan")
+    g = l_k_groups(log_w, k)  # [groups, N]
+    if shared:
+        return float(g.mean(1).std(ddof=1))
+    return float(np.sqrt(g.var(axis=0, ddof=1).mean() / g.shape[1]))
+
+
+def tightest_se(log_w: np.ndarray, shared: bool = False) -> float:
+    """Standard error of L_K from all K samples, from its two halves: by the delta method the
+    variance of an IWAE_k estimate falls as 1/k, so Var(L_K) ~ Var(L_{K/2}) / 2."""
+    return mean_se(log_w, log_w.shape[0] // 2, shared) / np.sqrt(2) if len(log_w) >= 2 \
+        else float("nan")
 
 
 def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
@@ -233,13 +259,42 @@ def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
     return np.asarray(models.decoder_mean(m.decoder, m.kind, loc))
 
 
+def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
+               nll_prior: float) -> dict:
+    """What claim 6 (the loss upper-bounds -log p(x)) compares the loss with, and the Monte
+    Carlo error of that comparison.
+
+    The loss and NLL = -L_K are both upper bounds on -log p(x) in expectation; only one
+    that is tighter than the loss's by construction can test it: L_K with K >= the model's
+    k from the same sampler (L_k grows with k). For posterior-trained models that is the
+    NLL; for eq. (7) (prior sampling) it is the prior-sampling estimate at the largest k,
+    or the NLL if that is lower. `nll_ref_by` says which, "" when evaluate.k is below the
+    model's k and no such estimate exists. `loss_se`, `nll_ref_se`: standard errors of the
+    two means over the test digits, measured from the log-weights' spread (`mean_se`)."""
+    k = int(m.info["k"])
+    if m.info["objective"] == "prior_mc":
+        loss_se = mean_se(prior_lw, k, shared=True)
+        if len(prior_lw) >= k and nll_prior <= nll:
+            return {"nll_ref": nll_prior, "nll_ref_se": tightest_se(prior_lw, shared=True),
+                    "loss_se": loss_se, "_nll_ref_by": f"prior sampling, k={len(prior_lw)}"}
+    else:
+        # eq. (4)'s own bound has an analytic KL; one log-weight's spread bounds its noise
+        loss_se = mean_se(log_w, k)
+    if len(log_w) < k:
+        return {"nll_ref": nll, "nll_ref_se": float("nan"), "loss_se": loss_se,
+                "_nll_ref_by": ""}
+    return {"nll_ref": nll, "nll_ref_se": tightest_se(log_w), "loss_se": loss_se,
+            "_nll_ref_by": f"NLL, L_{len(log_w)}"}
+
+
 def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     """Every per-model measurement; arrays for the figures are under keys starting '_'."""
     x = x[:cfg.n_test]
     tic = time.perf_counter()
     log_w, kl = log_weights(m, x, cfg.k, min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed)
     seconds = time.perf_counter() - tic
-    ladder_ks = sorted({1, 5, 50, *cfg.prior_k, cfg.k})
+    prior_ks = clipped_prior_k(cfg)
+    ladder_ks = sorted({1, 5, 50, *prior_ks, cfg.k})
     ladder = bound_ladder(log_w, ladder_ks)
     elbo = float(log_w.mean())  # L_1 averaged over all draws
     nll = -ladder[cfg.k]
@@ -267,10 +322,10 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         s = gradient_snr(m, snr_x, k, cfg.snr_repeats, cfg.seed)
         out[f"snr_encoder_k{k}"] = s["encoder"]
         out[f"snr_decoder_k{k}"] = s["decoder"]
-    prior_ks = [k for k in cfg.prior_k if k <= cfg.k]
-    prior = bound_ladder(
-        prior_log_likelihoods(m, x, max(prior_ks), min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed),
-        prior_ks)
+    prior_lw = prior_log_likelihoods(m, x, max(prior_ks), min(cfg.chunk, cfg.k), cfg.batch_size,
+                                     cfg.seed)  # [max prior k, N]
+    prior = bound_ladder(prior_lw, prior_ks)
+    out.update(loss_check(m, log_w, prior_lw, nll, -prior[max(prior_ks)]))
     out["_prior_vs_posterior"] = {k: (prior[k], ladder[k]) for k in prior_ks}
     for k in prior_ks:
         out[f"logpx_prior_k{k}"] = prior[k]

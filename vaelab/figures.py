@@ -32,10 +32,18 @@ def grid(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarra
     return out
 
 
-def save_grid(path: str | Path, images: np.ndarray, cols: int | None = None) -> None:
+def save_grid(path: str | Path, images: np.ndarray, cols: int | None = None,
+              title: str | None = None) -> None:
     plt = _pyplot()
-    with atomic_file(path) as f:
-        plt.imsave(f, grid(images, cols), cmap="gray_r", vmin=0.0, vmax=1.0, format="png")
+    if title is None:
+        with atomic_file(path) as f:
+            plt.imsave(f, grid(images, cols), cmap="gray_r", vmin=0.0, vmax=1.0, format="png")
+        return
+    fig, ax = plt.subplots(figsize=(4, 4.3))
+    ax.imshow(grid(images, cols), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_title(title, fontsize=10)
+    ax.axis("off")
+    save_figure(path, fig)
 
 
 def save_figure(path: str | Path, fig) -> None:
@@ -68,6 +76,7 @@ def reconstructions(path, original: np.ndarray, recons: dict[str, np.ndarray]) -
         ax.set_ylabel(name, rotation=0, ha="right", va="center")
         ax.set_xticks([])
         ax.set_yticks([])
+    axes[0, 0].set_title("Reconstructions: E[x|z] at the posterior mean, under the test digits")
     save_figure(path, fig)
 
 
@@ -80,6 +89,7 @@ def histograms(path, values: dict[str, np.ndarray], xlabel: str, title: str) -> 
         ax.hist(v, bins=bins, histtype="step", label=name, density=True)
     ax.axvline(1.0, color="grey", ls="--", lw=1, label="prior std")
     ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
     save_figure(path, fig)
@@ -99,5 +109,6 @@ def lines_vs_k(path, series: dict[str, dict[int, float]], ylabel: str, title: st
     ax.set_xlabel("k (samples)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    # outside the axes: inside, a legend of many series hid some of the points
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     save_figure(path, fig)

@@ -20,6 +20,36 @@ BURDA_MNIST = {
 }
 
 
+# The committed params.yaml's budget: below it, a run's verdicts are labelled indicative
+# (a few epochs, a loose L_k or a few test digits can flip a verdict either way).
+DEFAULT_BUDGET = {"train.epochs": 200, "evaluate.k": 5000, "evaluate.n_test": 500}
+
+
+def budget_shortfalls(infos: dict, cfg, n_test: int) -> list[str]:
+    """What falls short of DEFAULT_BUDGET, one phrase each; [] for a full run."""
+    out = []
+    short = {n: int(i.get("epochs_trained", i["train.epochs"])) for n, i in infos.items()
+             if int(i.get("epochs_trained", i["train.epochs"])) < DEFAULT_BUDGET["train.epochs"]}
+    if short:
+        out.append(", ".join(f"{n} {e}" for n, e in short.items())
+                   + f" of {DEFAULT_BUDGET['train.epochs']} epochs")
+    if cfg.k < DEFAULT_BUDGET["evaluate.k"]:
+        out.append(f"NLL = -L_{cfg.k}, not -L_{DEFAULT_BUDGET['evaluate.k']}")
+    if n_test < DEFAULT_BUDGET["evaluate.n_test"]:
+        out.append(f"{n_test} of {DEFAULT_BUDGET['evaluate.n_test']} test digits")
+    return out
+
+
+def summary(results: dict, infos: dict) -> dict:
+    """metrics/summary.json, the one metrics file `dvc exp show` lists: per model the
+    headline numbers, so the table fits a terminal (every figure: metrics/evaluate.json)."""
+    return {n: {"nll": round(r["nll"], 3), "elbo": round(r["elbo"], 3),
+                "active_units": r["active_units"],
+                "train_min": (round(infos[n]["train_seconds"] / 60, 2)
+                              if "train_seconds" in infos[n] else None)}
+            for n, r in results.items()}
+
+
 @dataclass
 class Claim:
     number: int
@@ -38,9 +68,10 @@ def _spread(results, names) -> float | None:
     return float(np.std(vals, ddof=1)) if len(vals) > 1 else None
 
 
-def claim_1(results, infos) -> Claim:
-    rule = ("|NLL(eq. 4) - NLL(eq. 5)| <= max(1% of the NLL, 2 x the seed-to-seed std "
-            "where several seeds ran)")
+def claim_1(results, infos, seed_std: float | None = None) -> Claim:
+    rule = ("|NLL(eq. 4) - NLL(eq. 5)| <= max(1% of the NLL, 2 x the seed-to-seed std of "
+            "the NLL: measured in this run where several seeds of an objective ran, else "
+            "evaluate.nll_seed_std, measured by a seed sweep (README))")
     a, b = _by_objective(infos, "elbo_analytic"), _by_objective(infos, "elbo_mc")
     title = "Eq. (4) (analytic KL) and eq. (5) (one-sample KL) train to similar models"
     if not a or not b:
@@ -49,11 +80,12 @@ def claim_1(results, infos) -> Claim:
     na = float(np.mean([results[n]["nll"] for n in a]))
     nb = float(np.mean([results[n]["nll"] for n in b]))
     spreads = [s for s in (_spread(results, a), _spread(results, b)) if s is not None]
-    spread = max(spreads) if spreads else None
+    spread, source = ((max(spreads), "in this run") if spreads
+                      else (seed_std, "evaluate.nll_seed_std"))
     tol = max(0.01 * na, 2 * spread if spread else 0.0)
     ev = (f"NLL eq. (4) {na:.2f} ({', '.join(a)}), eq. (5) {nb:.2f} ({', '.join(b)}): "
           f"difference {abs(na - nb):.2f} nats, tolerance {tol:.2f}; seed-to-seed std "
-          + (f"{spread:.2f}" if spread else "not measured (one seed per objective)"))
+          + (f"{spread:.2f} ({source})" if spread else "not measured (one seed per objective)"))
     return Claim(1, title, rule, ev, HOLDS if abs(na - nb) <= tol else FAILS)
 
 
@@ -117,9 +149,9 @@ def claim_3(results, infos) -> Claim:
         ok &= r["posterior_std_median"] < 0.1 and r["elbo_std_one_sample"] < r["gap_elbo_nll"]
         trace = infos[n].get("posterior_std_by_epoch")
         if trace and len(trace) > 1:
+            shown = dict(trace[i] for i in (0, len(trace) // 2, -1))  # an epoch once
             rows[-1] += (" (over training, on the valid set: " + ", ".join(
-                f"epoch {e}: {v:.3f}" for e, v in (trace[0], trace[len(trace) // 2], trace[-1]))
-                + ")")
+                f"epoch {e}: {v:.3f}" for e, v in shown.items()) + ")")
     return Claim(3, title, rule, "; ".join(rows), HOLDS if ok else FAILS)
 
 
@@ -166,16 +198,30 @@ def claim_5(results, infos, snr_k) -> Claim:
 
 
 def claim_6(results, infos) -> Claim:
-    rule = "for every model, its loss L (minus its own bound) >= NLL - 0.5 nat (Monte Carlo slack)"
+    rule = ("for every model, its loss L (minus its own bound) >= the tightest estimate of the "
+            "NLL that is tighter by construction (L_K from the same sampler with K >= the "
+            "model's k) - 3 Monte Carlo standard errors of the difference (measured from the "
+            "spread of the log-weights over disjoint groups of samples)")
     title = "The loss L upper-bounds -E[log p(x)]"
-    ok = all(-r["own_bound"] >= r["nll"] - 0.5 for r in results.values())
-    ev = "; ".join(f"{n}: L {-r['own_bound']:.2f}, NLL {r['nll']:.2f}, L - NLL "
-                   f"{r['loss_minus_nll']:+.2f}" for n, r in results.items())
-    return Claim(6, title, rule, ev, HOLDS if ok else FAILS)
+    rows, ok, measured = [], True, True
+    for n, r in results.items():
+        loss, ref = -r["own_bound"], r.get("nll_ref", r["nll"])
+        se = float(np.hypot(r.get("loss_se", np.nan), r.get("nll_ref_se", np.nan)))
+        by = r.get("_nll_ref_by", "NLL")
+        if not by or not np.isfinite(se):
+            measured = False
+            rows.append(f"{n}: L {loss:.2f}, NLL {r['nll']:.2f}: not measurable (evaluate.k "
+                        f"below the model's k {infos[n]['k']}, or too few samples for a spread)")
+            continue
+        ok &= loss >= ref - 3 * se
+        rows.append(f"{n}: L {loss:.2f} vs {ref:.2f} ({by}), L - ref {loss - ref:+.2f}, "
+                    f"tolerance {3 * se:.2f}")
+    verdict = (HOLDS if ok else FAILS) if measured or not ok else UNMEASURED
+    return Claim(6, title, rule, "; ".join(rows), verdict)
 
 
-def all_claims(results: dict, infos: dict, snr_k) -> list[Claim]:
-    return [claim_1(results, infos), claim_2(results, infos), claim_3(results, infos),
+def all_claims(results: dict, infos: dict, snr_k, seed_std: float | None = None) -> list[Claim]:
+    return [claim_1(results, infos, seed_std), claim_2(results, infos), claim_3(results, infos),
             claim_4(results, infos), claim_5(results, infos, snr_k), claim_6(results, infos)]
 
 
@@ -229,8 +275,14 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
         lines.append(f"| {obj} | " + " | ".join(f"{v['nll'][kk]:.2f}" for kk in (1, 5, 50))
                      + " | " + " | ".join(str(v["active"][kk]) for kk in (1, 5, 50)) + " |")
     lines += ["", "## Claims", ""]
+    short = context.get("indicative")
+    label = " (indicative)" if short else ""
+    if short:
+        lines += ["**Indicative run**: below the default budget (" + "; ".join(short) + "). "
+                  "Its verdicts show that the pipeline runs, not what the article's claims "
+                  "do; rerun with the committed params.yaml for those.", ""]
     for c in claims:
-        lines += [f"### {c.number}. {c.title}: **{c.verdict}**", "",
+        lines += [f"### {c.number}. {c.title}: **{c.verdict}**{label}", "",
                   f"- Rule: {c.rule}.", f"- Measured: {c.evidence}.", ""]
     pvp = context.get("prior_vs_posterior")
     if pvp:

@@ -11,12 +11,17 @@ import json
 import os
 import socket
 import subprocess
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
 from .config import UserError
 
 DB_NAME = "mlflow.db"
+# The experiment tag MLflow's UI reads to open an experiment as training runs rather than
+# GenAI traces (where its sidebar's workflow switch does not decide: in 3.17 it does, and
+# `?workflowType=machine_learning` in the URL picks the training view; see README).
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 
 
 class TrackingError(UserError, RuntimeError):
@@ -121,9 +126,12 @@ def connect(experiment: str):
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             location = (repo_root() / "mlruns").as_uri() if _is_default(uri) else None
-            exp_id = client.create_experiment(experiment, artifact_location=location)
+            exp_id = client.create_experiment(experiment, artifact_location=location,
+                                              tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # stores made before this tag was set
+                client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
     except Exception as e:  # noqa: BLE001 - any failure here means "store unusable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
@@ -152,6 +160,13 @@ def run_tags(stage: str, extra: dict) -> dict:
     return tags
 
 
+def run_name(model: str) -> str:
+    """`vae`, or `vae@<experiment>` when DVC runs an experiment: after a sweep the runs,
+    and the legends of MLflow's charts, say which experiment each one belongs to."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{model}@{exp}" if exp else model
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -169,8 +184,12 @@ def mark_orphans_killed(client, exp_id: str, name: str, keep: str | None = None)
     `keep` (the run about to be resumed) are left alone."""
     host = socket.gethostname()
     killed = []
-    for run in client.search_runs([exp_id], filter_string=(
-            f"attributes.run_name = '{name}' and attributes.status = 'RUNNING'")):
+    # by tag (runs named `vae@exp-...`), and by name for runs from before that tag
+    runs = {r.info.run_id: r for query in (f"tags.`vaelab.model` = '{name}'",
+                                           f"attributes.run_name = '{name}'")
+            for r in client.search_runs([exp_id], filter_string=(
+                f"{query} and attributes.status = 'RUNNING'"))}
+    for run in runs.values():
         tags = run.data.tags
         if run.info.run_id == keep or tags.get("vaelab.host") != host:
             continue
@@ -190,11 +209,13 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
     import mlflow
 
     client, exp_id = connect(experiment)
+    resume = run_id
     with store_errors("starting the run"):
         for orphan in mark_orphans_killed(client, exp_id, name, keep=run_id):
             print(f"mlflow: run {orphan} of '{name}' was left RUNNING by a training process "
                   "that no longer exists: marked KILLED")
-        tags = {**tags, "vaelab.host": socket.gethostname(), "vaelab.pid": str(os.getpid())}
+        tags = {**tags, "vaelab.model": name, "vaelab.host": socket.gethostname(),
+                "vaelab.pid": str(os.getpid())}
         if run_id is not None:
             try:
                 run = client.get_run(run_id)
@@ -203,7 +224,7 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
             except Exception:  # noqa: BLE001 - the old run is gone: start afresh
                 run_id = None
         if run_id is None:
-            run = client.create_run(exp_id, run_name=name, tags=tags)
+            run = client.create_run(exp_id, run_name=run_name(name), tags=tags)
             try:
                 client.log_batch(run.info.run_id, params=[
                     mlflow.entities.Param(k, str(v)) for k, v in params.items()])
@@ -215,11 +236,14 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
             for k, v in tags.items():
                 client.set_tag(run_id, k, v)
     run_id = run.info.run_id
+    monitor = _optional("system metrics", lambda: _system_metrics(run_id, resumed=run_id == resume))
     try:
         yield RunLogger(client, run_id, exp_id)
     except BaseException:
+        _optional("system metrics", lambda: monitor and monitor.finish())
         _end(client, run_id, "FAILED")
         raise
+    _optional("system metrics", lambda: monitor and monitor.finish())
     with store_errors("ending the run"):
         client.set_terminated(run_id, status="FINISHED")
 
@@ -232,6 +256,31 @@ def _end(client, run_id: str, status: str) -> None:
         client.set_terminated(run_id, status=status)
     except Exception:  # noqa: BLE001
         pass
+
+
+def _optional(what: str, fn):
+    """Run an optional extra (system metrics, the model flavour, the dataset); its failure
+    prints one line and must not lose the run or the stage's outputs."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"mlflow: {what} not logged ({type(e).__name__}: {first})")
+        return None
+
+
+def _system_metrics(run_id: str, resumed: bool):
+    """CPU, memory, disk and network use as `system/...` metrics every 10 s (psutil),
+    a background thread of MLflow's that logs to the run by id."""
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=10, resume_logging=resumed,
+                                   tracking_uri=tracking_uri())
+    monitor.start()
+    return monitor
 
 
 class RunLogger:
@@ -279,13 +328,85 @@ class RunLogger:
             for i in range(0, len(batch), 500):  # the store's batch limit is 1000
                 self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
 
-    def artifact(self, path: str | Path, folder: str | None = None) -> None:
+    def artifact(self, path: str | Path, folder: str | None = None,
+                 name: str | None = None) -> None:
+        """Log a file; `name` renames it, so every run holds it under the same name and
+        MLflow's compare view lines the runs' files up (`curve.csv`, not `vae.csv`)."""
         with store_errors(f"uploading {path}"):
-            self.client.log_artifact(self.run_id, str(path), folder)
+            if name is None or name == Path(path).name:
+                self.client.log_artifact(self.run_id, str(path), folder)
+                return
+            import shutil
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copyfile(path, Path(tmp) / name)
+                self.client.log_artifact(self.run_id, str(Path(tmp) / name), folder)
+
+    def params(self, values: dict) -> None:
+        """Log params describing this run (evaluate.*, sample.*). MLflow params cannot
+        change, and a re-evaluation with other settings logs to the same training run: a
+        param already logged with another value is then kept, and the new value set as a
+        tag of the same key (tags show the latest; metric names carry k and n)."""
+        import mlflow
+
+        with store_errors("logging params"):
+            have = self.client.get_run(self.run_id).data.params
+            new = {k: str(v) for k, v in values.items()}
+            fresh = [mlflow.entities.Param(k, v) for k, v in new.items() if k not in have]
+            if fresh:
+                self.client.log_batch(self.run_id, params=fresh)
+            for k, v in new.items():
+                if k in have and have[k] != v:
+                    self.client.set_tag(self.run_id, k, v)
 
     def artifacts(self, path: str | Path, folder: str | None = None) -> None:
         with store_errors(f"uploading {path}"):
             self.client.log_artifacts(self.run_id, str(path), folder)
+
+    def keras_model(self, model, example, name: str = "model") -> None:
+        """`model` through MLflow's Keras flavour, with an input example and the signature
+        inferred from it (a LoggedModel of this run); optional, like the dataset."""
+        def log():
+            import keras
+            import mlflow
+            import tensorflow as tf
+
+            mlflow.set_experiment(experiment_id=self.experiment_id)  # else "Default"
+            # mlflow.keras.log_model's body, with run_id: it knows only the active run.
+            # Explicit requirements: inferring them starts a subprocess loading the model.
+            # The Keras flavour infers no signature from the example: give it one.
+            signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
+            # mlflow 3.17.2's Keras flavour writes the input example before it makes the
+            # model folder (FileNotFoundError): make the folder first, then delegate to it
+            def save_model(path, **kw):
+                os.makedirs(path, exist_ok=True)
+                return mlflow.keras.save_model(path=path, **kw)
+
+            flavour = types.SimpleNamespace(__name__="mlflow.keras", save_model=save_model)
+            keras.utils.disable_interactive_logging()  # MLflow's check of the example
+            mlflow.models.Model.log(
+                artifact_path=None, name=name, flavor=flavour, model=model,
+                input_example=example, signature=signature, run_id=self.run_id,
+                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"])
+
+        _optional("Keras model flavour", log)
+
+    def dataset(self, features, name: str, source: str, context: str = "training") -> None:
+        """The data the run used, as an MLflow dataset input (name, digest, shape)."""
+        def log():
+            import mlflow
+            from mlflow.entities import DatasetInput, InputTag
+
+            import warnings
+
+            with warnings.catch_warnings():  # "a path can be read in several ways": it is one
+                warnings.simplefilter("ignore", UserWarning)
+                ds = mlflow.data.from_numpy(features, source=source, name=name)
+            self.client.log_inputs(self.run_id, datasets=[DatasetInput(
+                ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])])
+
+        _optional(f"dataset {name}", log)
 
     def last_step(self, key: str) -> int:
         """The highest step logged for metric `key` (0 if none): what a killed run already

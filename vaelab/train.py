@@ -27,7 +27,7 @@ from . import data as vdata
 from . import models
 from .config import RunConfig, UserError
 from .io import file_sha256
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVES, iwae
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -219,6 +219,19 @@ def make_eval(model: Model, jit: bool):
     return backend.compile(evaluate, model.encoder.variables + model.decoder.variables, jit)
 
 
+def make_valid_bounds(model: Model, k: int, jit: bool):
+    """The ELBO (L_1) and L_k at a fixed k of every model, whatever its own objective, from
+    the same k posterior samples per digit: the curves every model shares. The IWAE bound's
+    terms give the ELBO, mean log w = -(distortion + rate)."""
+    def bounds(x, seed):
+        q = models.posterior(model.encoder, x)
+        b = iwae(x, q, model.p_z, model.decode, k, seed)  # bound, terms: [B] each
+        return {"elbo": -ops.sum(b.terms["distortion"] + b.terms["rate"]),
+                "Lk": ops.sum(b.bound)}
+
+    return backend.compile(bounds, model.encoder.variables + model.decoder.variables, jit)
+
+
 def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> dict:
     """Mean of the run's objective and its terms over x, with fixed seeds."""
     sums: dict[str, float] = {}
@@ -402,6 +415,7 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     dynamic = run.data.binarize == "dynamic"
     step = make_step(model, optimizer, dynamic, t.jit)
     eval_fn = make_eval(model, t.jit)
+    shared_fn = make_valid_bounds(model, t.valid_k, t.jit)
 
     xs = train_inputs(x_train, run.data.binarize, run.data.seed + 2)
     xv = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
@@ -446,6 +460,9 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
                 f"Likely cause: learning rate too high (train.learning_rate="
                 f"{t.learning_rate:g}: try 10x smaller). The last good checkpoint is kept.")
         valid.update(posterior_width(model.encoder, xv))
+        # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
+        # over the validation digits at that k
+        valid.update(evaluate_bound(shared_fn, xv, seed=20_000 + t.seed))
         logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
         logs.update({f"train_{name}": v / n for name, v in sums.items()})
         logs.update({f"valid_{name}": v for name, v in valid.items()})
