@@ -364,13 +364,16 @@ class RunLogger:
         with store_errors(f"uploading {path}"):
             self.client.log_artifacts(self.run_id, str(path), folder)
 
-    def keras_model(self, model, example, name: str = "model") -> None:
+    def keras_model(self, model, example, name: str = "keras_model") -> None:
         """`model` through MLflow's Keras flavour, with an input example and the signature
-        inferred from it (a LoggedModel of this run); optional, like the dataset."""
+        inferred from it (a LoggedModel of this run); optional, like the dataset. Not named
+        `model`: MLflow 3 lists a logged model's files under the run's artifact folder of
+        the same name, which would shadow the plain .keras files in `model/`."""
         def log():
             import keras
             import mlflow
-            import tensorflow as tf
+
+            from . import backend
 
             mlflow.set_experiment(experiment_id=self.experiment_id)  # else "Default"
             # mlflow.keras.log_model's body, with run_id: it knows only the active run.
@@ -388,7 +391,9 @@ class RunLogger:
             mlflow.models.Model.log(
                 artifact_path=None, name=name, flavor=flavour, model=model,
                 input_example=example, signature=signature, run_id=self.run_id,
-                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"])
+                pip_requirements=[f"keras=={keras.__version__}",
+                                  *(f"{pkg}=={v}" for pkg, v in backend.versions().items()
+                                    if pkg in ("tensorflow", "jax"))])
 
         _optional("Keras model flavour", log)
 
