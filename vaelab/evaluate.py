@@ -236,20 +236,28 @@ def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
 def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     """Every per-model measurement; arrays for the figures are under keys starting '_'."""
     x = x[:cfg.n_test]
-    tic = time.perf_counter()
-    log_w, kl = log_weights(m, x, cfg.k, min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed)
-    seconds = time.perf_counter() - tic
+    parts: dict[str, float] = {}  # wall seconds of each measurement (every one ends on the host)
+
+    def timed(part, fn, *args):
+        tic = time.perf_counter()
+        result = fn(*args)
+        parts[part] = parts.get(part, 0.0) + time.perf_counter() - tic
+        return result
+
+    log_w, kl = timed("log_weights", log_weights, m, x, cfg.k, min(cfg.chunk, cfg.k),
+                      cfg.batch_size, cfg.seed)
+    seconds = parts["log_weights"]
     ladder_ks = sorted({1, 5, 50, *cfg.prior_k, cfg.k})
     ladder = bound_ladder(log_w, ladder_ks)
     elbo = float(log_w.mean())  # L_1 averaged over all draws
     nll = -ladder[cfg.k]
     draws = log_w[:min(cfg.elbo_draws, cfg.k)]  # one-sample ELBOs (eq. 5), per example
-    post = posterior_stats(m, x)
+    post = timed("posterior", posterior_stats, m, x)
     out = {
         "nll": nll,
         "elbo": elbo,
         **{f"L_{k}": v for k, v in ladder.items() if k in (1, 5, 50, cfg.k)},
-        "own_bound": own_bound(m, x, cfg.seed),
+        "own_bound": timed("own_bound", own_bound, m, x, cfg.seed),
         "rate": float(kl.mean()),
         # E_q[log w] = E_q[log p(x|z)] - KL, so the expected reconstruction term follows.
         "distortion": float(-(log_w.mean() + kl.mean())),
@@ -264,15 +272,17 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     out["loss_minus_nll"] = -out["own_bound"] - nll
     snr_x = x[:min(100, len(x))]
     for k in cfg.snr_k:
-        s = gradient_snr(m, snr_x, k, cfg.snr_repeats, cfg.seed)
+        s = timed(f"snr_k{k}", gradient_snr, m, snr_x, k, cfg.snr_repeats, cfg.seed)
         out[f"snr_encoder_k{k}"] = s["encoder"]
         out[f"snr_decoder_k{k}"] = s["decoder"]
     prior_ks = [k for k in cfg.prior_k if k <= cfg.k]
     prior = bound_ladder(
-        prior_log_likelihoods(m, x, max(prior_ks), min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed),
+        timed("prior", prior_log_likelihoods, m, x, max(prior_ks), min(cfg.chunk, cfg.k),
+              cfg.batch_size, cfg.seed),
         prior_ks)
     out["_prior_vs_posterior"] = {k: (prior[k], ladder[k]) for k in prior_ks}
     for k in prior_ks:
         out[f"logpx_prior_k{k}"] = prior[k]
         out[f"logpx_posterior_k{k}"] = ladder[k]
+    out["_seconds"] = parts  # not a metric: the GPU check's breakdown
     return out

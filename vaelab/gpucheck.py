@@ -88,12 +88,19 @@ def main(argv=None) -> dict:
             "objective": run.objective, "k": run.k, "epochs": t.epochs,
             "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
             "valid_bound": result.history[-1]["valid_bound"],
+            # where the time goes: training steps, per-epoch validation, the rest (build,
+            # compile, host work); each evaluation part
+            "seconds": {"train_steps": result.seconds, "validation": result.valid_seconds,
+                        "train_other": train_s - result.seconds - result.valid_seconds,
+                        **{f"eval_{part}": v for part, v in r["_seconds"].items()}},
             "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
             "nll": r["nll"], "elbo": r["elbo"], "active_units": r["active_units"],
         }
         print(f"gpucheck: {name}: {t.epochs} epochs in {train_s:.1f}s "
               f"({result.samples_per_s:,.0f} samples/s), evaluated in {eval_s:.1f}s: "
               f"NLL {r['nll']:.2f}, {r['active_units']} active units", flush=True)
+        print("gpucheck:   seconds: " + ", ".join(
+            f"{part} {v:.2f}" for part, v in models_out[name]["seconds"].items()), flush=True)
     out["models"] = models_out
     out["evaluate"] = dataclasses.asdict(cfg)
     out["prepare_seconds"] = prepare_s

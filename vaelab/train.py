@@ -41,6 +41,7 @@ class TrainResult:
     seconds: float = 0.0  # training time of this process (resumed epochs excluded)
     samples_per_s: float = 0.0
     resumed_from: int = 0  # epochs restored from a checkpoint
+    valid_seconds: float = 0.0  # of which `seconds` excludes: the per-epoch validation
 
 
 def train_inputs(x: np.ndarray, binarize: str, seed: int) -> np.ndarray:
@@ -378,8 +379,10 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
                 + ". The last good checkpoint is kept.")
         seconds = time.perf_counter() - tic
         train_seconds += seconds
+        tic = time.perf_counter()
         valid = evaluate_bound(eval_fn, xv, seed=10_000 + t.seed)
         valid.update(posterior_width(model.encoder, xv))
+        result.valid_seconds += time.perf_counter() - tic
         logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
         logs.update({f"train_{name}": v / n for name, v in sums.items()})
         logs.update({f"valid_{name}": v for name, v in valid.items()})
