@@ -86,8 +86,9 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     kl = np.empty(len(x), np.float32)
     for b, start in enumerate(range(0, len(x), batch_size)):
         xb = ops.convert_to_tensor(x[start:start + batch_size])
-        for c, s0 in enumerate(range(0, k, chunk)):
-            lw, kl_b = chunk_fn(xb, backend.seed(seed, b * 100_003 + c))
+        # every chunk issued before one is read: an accelerator computes while the host copies
+        outs = [chunk_fn(xb, backend.seed(seed, b * 100_003 + c)) for c in range(-(-k // chunk))]
+        for s0, (lw, kl_b) in zip(range(0, k, chunk), outs):
             n = min(chunk, k - s0)
             out[s0:s0 + n, start:start + len(xb)] = np.asarray(lw)[:n]
         kl[start:start + len(xb)] = np.asarray(kl_b)
@@ -170,14 +171,17 @@ def gradient_snr(m: Loaded, x: np.ndarray, k: int, repeats: int, seed: int) -> d
     grads = m.compiled(("snr", k), build)
     xb = ops.convert_to_tensor(x)
     sums = None
-    for r in range(repeats):
-        ge, gd = (np.asarray(t).astype(np.float64) for t in grads(xb, backend.seed(seed, r)))
-        if sums is None:
-            sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
-        sums[0] += ge
-        sums[1] += ge**2
-        sums[2] += gd
-        sums[3] += gd**2
+    block = 10  # repeats issued before the first of them is read back (async on JAX)
+    for r0 in range(0, repeats, block):
+        drawn = [grads(xb, backend.seed(seed, r)) for r in range(r0, min(r0 + block, repeats))]
+        for g in drawn:
+            ge, gd = (np.asarray(t).astype(np.float64) for t in g)
+            if sums is None:
+                sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
+            sums[0] += ge
+            sums[1] += ge**2
+            sums[2] += gd
+            sums[3] += gd**2
     return {"encoder": float(snr(sums[0], sums[1], repeats).mean()),
             "decoder": float(snr(sums[2], sums[3], repeats).mean())}
 
@@ -197,8 +201,9 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
     out = np.empty((k, len(x)), np.float32)
     for start in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(x[start:start + batch_size])
-        for s0 in range(0, k, chunk):
-            out[s0:s0 + chunk, start:start + len(xb)] = np.asarray(chunk_fn(z[s0:s0 + chunk], xb))
+        outs = [chunk_fn(z[s0:s0 + chunk], xb) for s0 in range(0, k, chunk)]  # all issued first
+        for s0, ll in zip(range(0, k, chunk), outs):
+            out[s0:s0 + chunk, start:start + len(xb)] = np.asarray(ll)
     return out
 
 

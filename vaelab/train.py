@@ -308,10 +308,16 @@ def train_epoch(step, xs, order: np.ndarray, batch_size: int, seed: int,
     """One pass over xs [N, 784] in `order`, up to `steps_per_execution` batches per call
     of `step` (make_step); the seed of the epoch's i-th step is (seed, first_step + i).
     Returns the logged terms summed over examples, and the index of the first step whose
-    loss or gradient was non-finite (None when every step was finite); it stops at the call
-    that holds that step. `python -m vaelab.bench` times this."""
+    loss or gradient was non-finite (None when every step was finite). `python -m
+    vaelab.bench` times this.
+
+    Every call is issued before any result is read back: on an accelerator (JAX dispatches
+    asynchronously) the host prepares the next batches while the device computes, instead
+    of waiting for each call's logs. A non-finite step is found once the epoch's calls
+    have run: the steps after it are wasted, the outcome is the same (its gradients were
+    not applied, and training stops with NonFiniteError)."""
     batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    sums: dict[str, float] = {}
+    calls = []  # (first batch index, batches, logs, finite) per call, read back below
     i = 0
     while i < len(batches):
         j = i + 1  # batches i..j-1 go in one call: same size, so a short last one goes alone
@@ -319,13 +325,16 @@ def train_epoch(step, xs, order: np.ndarray, batch_size: int, seed: int,
             j += 1
         seeds = backend.seeds([[seed, first_step + s] for s in range(i, j)])  # [n, 2]
         logs, finite = step(backend.gather(xs, np.stack(batches[i:j])), seeds)  # [n, B, 784] in
+        calls.append((i, batches[i:j], logs, finite))
+        i = j
+    sums: dict[str, float] = {}
+    for i, call_batches, logs, finite in calls:
         finite = np.asarray(finite)
         if not finite.all():
             return sums, i + int(np.argmin(finite))
         for name, v in logs.items():
-            for v_s, b in zip(np.asarray(v), batches[i:j]):
+            for v_s, b in zip(np.asarray(v), call_batches):
                 sums[name] = sums.get(name, 0.0) + float(v_s) * len(b)
-        i = j
     return sums, None
 
 
