@@ -109,9 +109,13 @@ def _check(args, params) -> dict:
             "objective": run.objective, "k": run.k, "epochs": t.epochs,
             "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
             "valid_bound": result.history[-1]["valid_bound"],
-            # where the time goes: training steps, per-epoch validation, the rest (build,
-            # compile, host work); each evaluation part
-            "seconds": {"train_steps": result.seconds, "validation": result.valid_seconds,
+            # where the time goes: the training calls (the first epoch's include compiling
+            # the step), per-epoch validation, the rest (building, input conversion); each
+            # evaluation part (the first call of each includes its compilation)
+            "seconds": {"train_steps": result.seconds,
+                        # of which the first epoch, with the step's compilation
+                        "train_first_epoch": result.history[0]["seconds"],
+                        "validation": result.valid_seconds,
                         "train_other": train_s - result.seconds - result.valid_seconds,
                         **{f"eval_{part}": v for part, v in r["_seconds"].items()}},
             "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
