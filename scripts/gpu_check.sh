@@ -11,8 +11,10 @@
 # Writes gpu_bench.json and gpu_bench_xla.json in the repo root.
 #
 # BACKEND=jax: for a machine with CUDA and JAX but no TensorFlow, MLflow, DVC or network.
-# The pure-Python wheels it lacks (keras, tfp-nightly and their dependencies, see the
-# README) travel in .whl/ (git-ignored) and are installed offline into /tmp/site. Runs
+# The wheels it lacks (keras, tfp-nightly and their dependencies, pinned in
+# scripts/gpu_wheels.txt, which also holds the `pip download` command that fetches them on
+# a networked machine) travel in .whl/ (git-ignored) and are installed offline into
+# /tmp/site. Runs
 # `python -m vaelab.gpucheck`: the devices JAX sees, the benchmark rows, and the default
 # params' models trained and evaluated on mnist5k. Writes gpu_check_jax.json in the repo
 # root (GPUCHECK_ARGS adds options, e.g. "--epochs 50" or "--quick").

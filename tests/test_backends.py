@@ -145,3 +145,54 @@ def test_maths_and_training_tests_pass_on_jax():
     tail = proc.stdout[-3000:]
     assert proc.returncode == 0, tail + proc.stderr[-2000:]
     assert " passed" in tail and "failed" not in tail, tail
+
+
+# --------------------------------------------------------------------------------------
+# the whole pipeline on JAX, as a user runs it: `dvc exp run -S train.backend=jax`
+
+EXP_TINY = {
+    "data": {"valid_size": 100, "test_size": 50},
+    "model": {"latent": 5, "hidden": [20]},
+    "train": {"epochs": 1, "batch_size": 100},
+    "models": {"vae": {"objective": "elbo_analytic", "k": 1},
+               "iwae": {"objective": "iwae", "k": 3}},
+    "evaluate": {"k": 10, "n_test": 20, "chunk": 10, "snr_k": [1, 3], "snr_repeats": 3,
+                 "elbo_draws": 5, "prior_k": [1, 10]},
+    "sample": {"n": 4},
+}
+
+
+def test_dvc_exp_run_on_jax_runs_the_whole_pipeline_from_a_fresh_clone(tmp_path):
+    """A fresh clone-like copy, first command `dvc exp run -S train.backend=jax`: every
+    stage runs on JAX, each MLflow run is tagged with the backend and the device, and the
+    exported models say which backend trained them."""
+    import sqlite3
+
+    from repo_copy import env_for, make_repo
+
+    repo = make_repo(tmp_path / "repo", EXP_TINY)
+    out = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.backend=jax"],
+                         cwd=repo, capture_output=True, text=True, env=env_for(), timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ran = {line.split("'")[1] for line in out.stdout.splitlines()
+           if line.startswith("Running stage '")}
+    assert ran == {"prepare", "train@vae", "train@iwae", "evaluate", "sample"}, out.stdout
+    assert "Traceback" not in out.stderr
+    import yaml
+
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["backend"] == "jax"
+    for name in EXP_TINY["models"]:
+        info = json.loads((repo / "models" / name / "model.json").read_text())
+        assert info["train.backend"] == "jax"
+    ev = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert set(ev) == set(EXP_TINY["models"]) and all(np.isfinite(r["nll"]) for r in ev.values())
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        runs = db.execute("select run_uuid, status from runs").fetchall()
+        assert len(runs) == 2 and {s for _, s in runs} == {"FINISHED"}
+        for run_id, _ in runs:
+            tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)))
+            assert tags["vaelab.backend"] == "jax"
+            assert tags["vaelab.device"].startswith("cpu:0"), tags["vaelab.device"]
+            params = dict(db.execute("select key, value from params where run_uuid = ?",
+                                     (run_id,)))
+            assert params["train.backend"] == "jax"

@@ -275,12 +275,13 @@ def checkpoints(repo: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------
 # 3. SIGKILL and resume through the real stage script
 
-def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path, backend):
     epochs = STAGE_PARAMS["train"]["epochs"]
     # The reference: the same stage, never interrupted, in its own copy.
     # Checkpoints every 3 epochs, and the kill comes once epoch 4 is logged: the resumed run
     # retrains epoch 4 (and 5, if logged too) and must not log them a second time.
-    params = merge(STAGE_PARAMS, {"train": {"checkpoint_every": 3}})
+    params = merge(STAGE_PARAMS, {"train": {"checkpoint_every": 3, "backend": backend}})
     ref = prepared_repo(tmp_path / "ref", params)
     stage(ref, "train", "--name", "vae")
     ref_weights = model_weights(ref / "models" / "vae")

@@ -86,8 +86,9 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     kl = np.empty(len(x), np.float32)
     for b, start in enumerate(range(0, len(x), batch_size)):
         xb = ops.convert_to_tensor(x[start:start + batch_size])
-        for c, s0 in enumerate(range(0, k, chunk)):
-            lw, kl_b = chunk_fn(xb, backend.seed(seed, b * 100_003 + c))
+        # every chunk issued before one is read: an accelerator computes while the host copies
+        outs = [chunk_fn(xb, backend.seed(seed, b * 100_003 + c)) for c in range(-(-k // chunk))]
+        for s0, (lw, kl_b) in zip(range(0, k, chunk), outs):
             n = min(chunk, k - s0)
             out[s0:s0 + n, start:start + len(xb)] = np.asarray(lw)[:n]
         kl[start:start + len(xb)] = np.asarray(kl_b)
@@ -196,14 +197,17 @@ def gradient_snr(m: Loaded, x: np.ndarray, k: int, repeats: int, seed: int) -> d
     grads = m.compiled(("snr", k), build)
     xb = ops.convert_to_tensor(x)
     sums = None
-    for r in range(repeats):
-        ge, gd = (np.asarray(t).astype(np.float64) for t in grads(xb, backend.seed(seed, r)))
-        if sums is None:
-            sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
-        sums[0] += ge
-        sums[1] += ge**2
-        sums[2] += gd
-        sums[3] += gd**2
+    block = 10  # repeats issued before the first of them is read back (async on JAX)
+    for r0 in range(0, repeats, block):
+        drawn = [grads(xb, backend.seed(seed, r)) for r in range(r0, min(r0 + block, repeats))]
+        for g in drawn:
+            ge, gd = (np.asarray(t).astype(np.float64) for t in g)
+            if sums is None:
+                sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
+            sums[0] += ge
+            sums[1] += ge**2
+            sums[2] += gd
+            sums[3] += gd**2
     return {"encoder": float(snr(sums[0], sums[1], repeats).mean()),
             "decoder": float(snr(sums[2], sums[3], repeats).mean())}
 
@@ -223,8 +227,9 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
     out = np.empty((k, len(x)), np.float32)
     for start in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(x[start:start + batch_size])
-        for s0 in range(0, k, chunk):
-            out[s0:s0 + chunk, start:start + len(xb)] = np.asarray(chunk_fn(z[s0:s0 + chunk], xb))
+        outs = [chunk_fn(z[s0:s0 + chunk], xb) for s0 in range(0, k, chunk)]  # all issued first
+        for s0, ll in zip(range(0, k, chunk), outs):
+            out[s0:s0 + chunk, start:start + len(xb)] = np.asarray(ll)
     return out
 
 
@@ -290,21 +295,29 @@ def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
 def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     """Every per-model measurement; arrays for the figures are under keys starting '_'."""
     x = x[:cfg.n_test]
-    tic = time.perf_counter()
-    log_w, kl = log_weights(m, x, cfg.k, min(cfg.chunk, cfg.k), cfg.batch_size, cfg.seed)
-    seconds = time.perf_counter() - tic
+    parts: dict[str, float] = {}  # wall seconds of each measurement (every one ends on the host)
+
+    def timed(part, fn, *args):
+        tic = time.perf_counter()
+        result = fn(*args)
+        parts[part] = parts.get(part, 0.0) + time.perf_counter() - tic
+        return result
+
+    log_w, kl = timed("log_weights", log_weights, m, x, cfg.k, min(cfg.chunk, cfg.k),
+                      cfg.batch_size, cfg.seed)
+    seconds = parts["log_weights"]
     prior_ks = clipped_prior_k(cfg)
     ladder_ks = sorted({1, 5, 50, *prior_ks, cfg.k})
     ladder = bound_ladder(log_w, ladder_ks)
     elbo = float(log_w.mean())  # L_1 averaged over all draws
     nll = -ladder[cfg.k]
     draws = log_w[:min(cfg.elbo_draws, cfg.k)]  # one-sample ELBOs (eq. 5), per example
-    post = posterior_stats(m, x)
+    post = timed("posterior", posterior_stats, m, x)
     out = {
         "nll": nll,
         "elbo": elbo,
         **{f"L_{k}": v for k, v in ladder.items() if k in (1, 5, 50, cfg.k)},
-        "own_bound": own_bound(m, x, cfg.seed),
+        "own_bound": timed("own_bound", own_bound, m, x, cfg.seed),
         "rate": float(kl.mean()),
         # E_q[log w] = E_q[log p(x|z)] - KL, so the expected reconstruction term follows.
         "distortion": float(-(log_w.mean() + kl.mean())),
@@ -319,15 +332,16 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     out["loss_minus_nll"] = -out["own_bound"] - nll
     snr_x = x[:min(100, len(x))]
     for k in cfg.snr_k:
-        s = gradient_snr(m, snr_x, k, cfg.snr_repeats, cfg.seed)
+        s = timed(f"snr_k{k}", gradient_snr, m, snr_x, k, cfg.snr_repeats, cfg.seed)
         out[f"snr_encoder_k{k}"] = s["encoder"]
         out[f"snr_decoder_k{k}"] = s["decoder"]
-    prior_lw = prior_log_likelihoods(m, x, max(prior_ks), min(cfg.chunk, cfg.k), cfg.batch_size,
-                                     cfg.seed)  # [max prior k, N]
+    prior_lw = timed("prior", prior_log_likelihoods, m, x, max(prior_ks), min(cfg.chunk, cfg.k),
+                     cfg.batch_size, cfg.seed)  # [max prior k, N]
     prior = bound_ladder(prior_lw, prior_ks)
     out.update(loss_check(m, log_w, prior_lw, nll, -prior[max(prior_ks)]))
     out["_prior_vs_posterior"] = {k: (prior[k], ladder[k]) for k in prior_ks}
     for k in prior_ks:
         out[f"logpx_prior_k{k}"] = prior[k]
         out[f"logpx_posterior_k{k}"] = ladder[k]
+    out["_seconds"] = parts  # not a metric: the GPU check's breakdown
     return out
