@@ -16,6 +16,7 @@ import dataclasses
 import io as _io
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -26,6 +27,9 @@ def main(argv=None) -> dict:
     p.add_argument("--json", required=True, help="write the figures here")
     p.add_argument("--params", default="params.yaml", help="the models, data and evaluate settings")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: params')")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train.seed of each pass over the models (default: params'); the "
+                        "first pass is the timed one, the others give the seed-to-seed spread")
     p.add_argument("--quick", action="store_true",
                    help="tiny settings (1 epoch, few bench steps, L_500 on 100 images, "
                         "small evaluation) to try the check itself on a CPU")
@@ -93,48 +97,70 @@ def _check(args, params) -> dict:
         data.prepare(params.data, tmp)
         split = {part: data.load_prepared(tmp, part) for part in data.PARTS}
         prepare_s = time.perf_counter() - tic
-    for name, run in params.models.items():
-        t = dataclasses.replace(run.train, backend=backend.NAME,
-                                **({"epochs": epochs} if epochs else {}))
-        run = dataclasses.replace(run, train=t)
-        tic = time.perf_counter()
-        result = train.train(run, split["train"]["x"], split["valid"]["x"],
-                             progress=train.Progress(name, t.epochs, _io.StringIO()))
-        train_s = time.perf_counter() - tic
-        m = evaluate.Loaded(name, result.encoder, result.decoder, run.as_flat_dict())
-        tic = time.perf_counter()
-        r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
-        eval_s = time.perf_counter() - tic
-        models_out[name] = {
-            "objective": run.objective, "k": run.k, "epochs": t.epochs,
-            "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
-            "valid_bound": result.history[-1]["valid_bound"],
-            # where the time goes: the training calls (the first epoch's include compiling
-            # the step), per-epoch validation, the rest (building, input conversion); each
-            # evaluation part (the first call of each includes its compilation)
-            "seconds": {"train_steps": result.seconds,
-                        # of which the first epoch, with the step's compilation
-                        "train_first_epoch": result.history[0]["seconds"],
-                        "validation": result.valid_seconds,
-                        "train_other": train_s - result.seconds - result.valid_seconds,
-                        **{f"eval_{part}": v for part, v in r["_seconds"].items()}},
-            "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
-            "nll": r["nll"], "elbo": r["elbo"], "active_units": r["active_units"],
-        }
-        print(f"gpucheck: {name}: {t.epochs} epochs in {train_s:.1f}s "
-              f"({result.samples_per_s:,.0f} samples/s), evaluated in {eval_s:.1f}s: "
-              f"NLL {r['nll']:.2f}, {r['active_units']} active units", flush=True)
-        print("gpucheck:   seconds: " + ", ".join(
-            f"{part} {v:.2f}" for part, v in models_out[name]["seconds"].items()), flush=True)
+
+    def run_models(seed: int | None) -> dict:
+        models_out = {}
+        for name, run in params.models.items():
+            t = dataclasses.replace(run.train, backend=backend.NAME,
+                                    **({"epochs": epochs} if epochs else {}),
+                                    **({"seed": seed} if seed is not None else {}))
+            run = dataclasses.replace(run, train=t)
+            tic = time.perf_counter()
+            result = train.train(run, split["train"]["x"], split["valid"]["x"],
+                                 progress=train.Progress(name, t.epochs, _io.StringIO()))
+            train_s = time.perf_counter() - tic
+            m = evaluate.Loaded(name, result.encoder, result.decoder, run.as_flat_dict())
+            tic = time.perf_counter()
+            r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
+            eval_s = time.perf_counter() - tic
+            models_out[name] = {
+                "objective": run.objective, "k": run.k, "epochs": t.epochs,
+                "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
+                "valid_bound": result.history[-1]["valid_bound"],
+                # where the time goes: the training calls (the first epoch's include compiling
+                # the step), per-epoch validation, the rest (building, input conversion); each
+                # evaluation part (the first call of each includes its compilation)
+                "seconds": {"train_steps": result.seconds,
+                            # of which the first epoch, with the step's compilation
+                            "train_first_epoch": result.history[0]["seconds"],
+                            "validation": result.valid_seconds,
+                            "train_other": train_s - result.seconds - result.valid_seconds,
+                            **{f"eval_{part}": v for part, v in r["_seconds"].items()}},
+                "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
+                "nll": r["nll"], "elbo": r["elbo"], "active_units": r["active_units"],
+            }
+            print(f"gpucheck: {name}: {t.epochs} epochs in {train_s:.1f}s "
+                  f"({result.samples_per_s:,.0f} samples/s), evaluated in {eval_s:.1f}s: "
+                  f"NLL {r['nll']:.2f}, {r['active_units']} active units", flush=True)
+            print("gpucheck:   seconds: " + ", ".join(
+                f"{part} {v:.2f}" for part, v in models_out[name]["seconds"].items()), flush=True)
+        return models_out
+
+    seeds = args.seeds or [None]
+    models_out = run_models(seeds[0])
+    out["models_seconds"] = time.perf_counter() - tic_all
     out["models"] = models_out
     out["evaluate"] = dataclasses.asdict(cfg)
     out["prepare_seconds"] = prepare_s
-    out["models_seconds"] = time.perf_counter() - tic_all
     out["wall_seconds"] = time.perf_counter() - wall
     out["tensorflow_imported"] = "tensorflow" in sys.modules
     print(f"gpucheck: {len(models_out)} models trained and evaluated in "
           f"{out['models_seconds']:.1f}s; whole check {out['wall_seconds']:.1f}s -> {args.json}")
-    write_json(args.json, out)
+    write_json(args.json, out)  # the timed pass is kept even if a later seed is cut off
+    if len(seeds) > 1:
+        by_seed = {seeds[0]: models_out}
+        for seed in seeds[1:]:
+            print(f"gpucheck: seed {seed}", flush=True)
+            by_seed[seed] = run_models(seed)
+        out["seeds"] = {str(seed): {n: {"nll": r["nll"], "active_units": r["active_units"]}
+                                    for n, r in ms.items()} for seed, ms in by_seed.items()}
+        # sample std (ddof 1) of the test NLL over seeds, per model: claim 1's tolerance
+        out["nll_seed_std"] = {n: statistics.stdev(ms[n]["nll"] for ms in by_seed.values())
+                               for n in models_out}
+        print("gpucheck: NLL std over seeds " + ", ".join(
+            f"{n} {v:.2f}" for n, v in out["nll_seed_std"].items()), flush=True)
+        out["wall_seconds"] = time.perf_counter() - wall
+        write_json(args.json, out)
     return out
 
 
