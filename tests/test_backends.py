@@ -176,7 +176,7 @@ def test_dvc_exp_run_on_jax_runs_the_whole_pipeline_from_a_fresh_clone(tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     ran = {line.split("'")[1] for line in out.stdout.splitlines()
            if line.startswith("Running stage '")}
-    assert ran == {"prepare", "train@vae", "train@iwae", "evaluate", "sample"}, out.stdout
+    assert ran == {"check", "prepare", "train@vae", "train@iwae", "evaluate", "sample"}, out.stdout
     assert "Traceback" not in out.stderr
     import yaml
 

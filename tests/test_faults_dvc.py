@@ -220,7 +220,10 @@ def server(tmp_path):
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env_for(), start_new_session=True)
+        # cwd: the server writes files of its own there (a run from the repo root left an
+        # empty mlflow.db beside the user's store)
+        stdout=log, stderr=subprocess.STDOUT, env=env_for(), start_new_session=True,
+        cwd=tmp_path)
     uri = f"http://127.0.0.1:{port}"
 
     def stop():
