@@ -24,6 +24,8 @@ def rows(shown: list, pattern: str) -> dict[str, dict]:
             continue
         for entry in [commit] + [r for e in commit.get("experiments") or [] for r in e["revs"]]:
             name = entry.get("name") or entry["rev"][:7]
+            if entry is not commit and (entry.get("data") or {}).get("rev") == "workspace":
+                continue  # still running (or queued): its files are the baseline's until done
             metrics = ((entry.get("data") or {}).get("metrics") or {})
             summary = metrics.get("metrics/summary.json", {}).get("data")
             if summary and (entry is commit or re.fullmatch(pattern, name)):
