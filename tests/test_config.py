@@ -129,7 +129,9 @@ def test_as_flat_dict():
     assert flat["model.hidden"] == [200, 200]  # a list, for JSON / MLflow
     assert flat["model.latent"] == 50 and flat["data.source"] == "mnist5k"
     assert flat["train.learning_rate"] == 0.001
-    assert all(k in ("name", "objective", "k") or k.split(".")[0] in ("data", "model", "train")
+    assert flat["estimator"] == "standard" and "m" not in flat and "beta" not in flat
+    assert all(k in ("name", "objective", "k", "estimator")
+               or k.split(".")[0] in ("data", "model", "train")
                for k in flat)
 
 
@@ -201,7 +203,18 @@ MISTAKES = [
     ("objective-missing", deleter("models", "vae", "objective"),
      ["models.vae.objective", "is required", "elbo_analytic"]),
     ("objective-unrelated", setter("models", "vae", "objective", "zzz"),
-     ["models.vae.objective", "must be one of elbo_analytic, elbo_mc, vae_k, iwae, prior_mc"]),
+     ["models.vae.objective",
+      "must be one of elbo_analytic, elbo_mc, vae_k, iwae, miwae, ciwae, piwae, prior_mc"]),
+    ("m-on-iwae", setter("models", "iwae", "m", 5),
+     ["models.iwae.m", "does not apply to objective iwae", "miwae, piwae"]),
+    ("estimator-on-vae", setter("models", "vae", "estimator", "dreg"),
+     ["models.vae.estimator", "does not apply to objective elbo_analytic", "iwae, miwae"]),
+    ("estimator-typo", setter("models", "iwae", "estimator", "dreq"),
+     ["models.iwae.estimator", "did you mean 'dreg'"]),
+    ("beta-range", setter("models", "c", {"objective": "ciwae", "k": 5, "beta": 1.5}),
+     ["models.c.beta", "must be in [0, 1]"]),
+    ("m-zero", setter("models", "c", {"objective": "miwae", "k": 5, "m": 0}),
+     ["models.c.m", "must be a positive integer"]),
     ("models-entry-unknown-key", setter("models", "vae", "epoch", 3),
      ["models.vae.epoch", "unknown key", "did you mean 'epochs'"]),
     ("model-name-newline", _add_model("a\nb", {"objective": "elbo_mc"}),

@@ -19,7 +19,8 @@ from keras import ops  # noqa: E402
 
 from vaelab import backend, models  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
-from vaelab.objectives import OBJECTIVES  # noqa: E402
+from vaelab import objectives  # noqa: E402
+from vaelab.registry import OBJECTIVES  # noqa: E402
 
 BATCH, LATENT = 3, 50
 SEED = backend.seed(1, 2)
@@ -116,15 +117,19 @@ def test_posterior_and_prior_shapes(nets, batch):
 
 
 @pytest.mark.parametrize("kind", ["bernoulli", "gaussian"])
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
-def test_objectives_give_one_bound_per_example(nets, batch, kind, name):
+@pytest.mark.parametrize("name,estimator", [(n, e) for n in sorted(OBJECTIVES)
+                                             for e in OBJECTIVES[n].estimators])
+def test_objectives_give_one_bound_per_example(nets, batch, kind, name, estimator):
     x = ops.convert_to_tensor(batch["binary"] if kind == "bernoulli" else batch["grey"])
-    out = OBJECTIVES[name](x, models.posterior(nets["encoder"], x), models.prior(LATENT),
-                           models.make_decode(nets[kind], kind), 3, SEED)
+    options = {"m": 2, "beta": 0.3, "estimator": estimator}
+    fn = objectives.objective(name, **options)
+    k = 1 if OBJECTIVES[name].k_is_1 else 3
+    out = fn(x, models.posterior(nets["encoder"], x), models.prior(LATENT),
+             models.make_decode(nets[kind], kind), k, SEED)
     assert out.bound.shape == (BATCH,)
     assert np.all(np.isfinite(np.asarray(out.bound)))
     assert out.terms
-    for term, value in out.terms.items():
+    for term, value in {**out.terms, **(out.surrogates or {})}.items():
         assert value.shape == (BATCH,), term
 
 

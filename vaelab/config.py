@@ -16,11 +16,14 @@ from typing import Any
 
 import yaml
 
+from . import registry
+
 SOURCES = ("mnist5k", "mnist", "fashion_mnist", "idx", "npz")
 BINARIZE = ("dynamic", "static", "threshold", "none")
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
 DECODERS = ("bernoulli", "gaussian")
-OBJECTIVES = ("elbo_analytic", "elbo_mc", "vae_k", "iwae", "prior_mc")
+OBJECTIVES = tuple(registry.OBJECTIVES)
+ESTIMATORS = tuple(registry.ESTIMATORS)
 PRECISIONS = ("float32", "mixed_bfloat16")
 BACKENDS = ("tensorflow", "jax")  # Keras backends; TFP's substrate follows (vaelab.backend)
 
@@ -82,10 +85,30 @@ class RunConfig:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
+    m: int = 1  # miwae, piwae: groups of k samples (vaelab.registry)
+    beta: float = 0.5  # ciwae: weight of the ELBO
+    estimator: str = "standard"  # encoder gradient estimator of IWAE-type objectives
+
+    @property
+    def spec(self) -> registry.ObjectiveSpec:
+        return registry.OBJECTIVES[self.objective]
+
+    def options(self) -> dict[str, Any]:
+        """The objective's per-model options that apply to it (vaelab.objectives.objective)."""
+        out: dict[str, Any] = {n: getattr(self, n) for n in self.spec.hparams}
+        if len(self.spec.estimators) > 1:
+            out["estimator"] = self.estimator
+        return out
+
+    @property
+    def samples(self) -> int:
+        """Samples per digit and step (m * k for miwae/piwae)."""
+        return self.spec.samples(self.k, self.m)
 
     def as_flat_dict(self) -> dict[str, Any]:
         """Flat `section.key` view, for MLflow params and model.json."""
-        out: dict[str, Any] = {"name": self.name, "objective": self.objective, "k": self.k}
+        out: dict[str, Any] = {"name": self.name, "objective": self.objective, "k": self.k,
+                               **self.options()}
         for section in ("data", "model", "train"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
@@ -256,16 +279,32 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
     key = f"models.{name}"
     raw = c.mapping(raw, key)
     model_keys, train_keys = _fields(ModelConfig), _fields(TrainConfig)
-    c.known_keys(raw, ("objective", "k") + model_keys + train_keys, key)
+    hparams = ("m", "beta", "estimator")
+    c.known_keys(raw, ("objective", "k") + hparams + model_keys + train_keys, key)
     if "objective" not in raw:
         c.fail(f"{key}.objective", f"is required; one of {', '.join(OBJECTIVES)}")
     objective = c.choice(raw["objective"], f"{key}.objective", OBJECTIVES)
+    spec = registry.OBJECTIVES[objective]
     k = c.integer(raw.get("k", 1), f"{key}.k", low=1)
     if "valid_k" in raw:
         c.fail(f"{key}.valid_k", "is shared by all models so that their validation curves "
                "compare; set train.valid_k instead", raw["valid_k"])
-    if objective in ("elbo_analytic", "elbo_mc") and k != 1:
+    if spec.k_is_1 and k != 1:
         c.fail(f"{key}.k", f"must be 1 for objective {objective} (use vae_k or iwae for k > 1)", k)
+    for h in hparams:
+        if h in raw and h not in spec.hparams and not (
+                h == "estimator" and len(spec.estimators) > 1):
+            users = [o for o, s in registry.OBJECTIVES.items()
+                     if h in s.hparams or (h == "estimator" and len(s.estimators) > 1)]
+            c.fail(f"{key}.{h}", f"does not apply to objective {objective} (only to "
+                   f"{', '.join(users)})", raw[h])
+    m = c.integer(raw.get("m", registry.HPARAM_DEFAULTS["m"]), f"{key}.m", low=1)
+    beta = float(c.number(raw.get("beta", registry.HPARAM_DEFAULTS["beta"]), f"{key}.beta",
+                          positive=False))
+    if not 0.0 <= beta <= 1.0:
+        c.fail(f"{key}.beta", "must be in [0, 1] (1: the ELBO, 0: the IWAE bound)", beta)
+    estimator = c.choice(raw.get("estimator", "standard"), f"{key}.estimator",
+                         spec.estimators if len(spec.estimators) > 1 else ESTIMATORS)
     # Per-model overrides are checked under their own path (models.iwae.epochs), so the
     # message points at the line the user wrote.
     model = _model(c, {**model_raw, **{n: v for n, v in raw.items() if n in model_keys}},
@@ -277,7 +316,8 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
                "gaussian requires data.binarize: none (it models grey values)", model.decoder)
     if model.decoder == "bernoulli" and data.binarize == "none":
         c.fail("data.binarize", f"none needs decoder: gaussian ({key} uses bernoulli)", "none")
-    return RunConfig(name=name, objective=objective, k=k, data=data, model=model, train=train)
+    return RunConfig(name=name, objective=objective, k=k, data=data, model=model, train=train,
+                     m=m, beta=beta, estimator=estimator)
 
 
 def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:

@@ -25,7 +25,8 @@ from keras import ops
 from . import backend, models
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
-from .objectives import OBJECTIVES, iwae, iwae_from_log_weights
+from . import objectives
+from .objectives import iwae, iwae_from_log_weights
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Loaded:
     @property
     def kind(self) -> str:
         return self.info["model.decoder"]
+
+    @property
+    def options(self) -> dict:
+        """The objective's per-model options as trained (m, beta, estimator; model.json)."""
+        return {n: self.info[n] for n in ("m", "beta", "estimator") if n in self.info}
 
     @property
     def latent(self) -> int:
@@ -236,7 +242,7 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
 def own_bound(m: Loaded, x: np.ndarray, seed: int, batch_size: int = 100) -> float:
     """The model's training objective (its own k) on x: the L it minimised."""
     p_z, decode = m.parts()
-    objective = OBJECTIVES[m.info["objective"]]
+    objective = objectives.objective(m.info["objective"], **m.options)
     k = int(m.info["k"])
     total = 0.0
     for i in range(0, len(x), batch_size):

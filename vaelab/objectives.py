@@ -1,4 +1,5 @@
-"""Every estimator in the article, as pure functions of distributions and tensors.
+"""Every estimator in the article and the tighter bounds after it, as pure functions of
+distributions and tensors. Which exist, and their options, is vaelab.registry.
 
 Notation follows the usual VAE papers, not the article (which swaps p and q):
 q(z|x) is the encoder's posterior, p(z) the prior, p(x|z) the decoder.
@@ -11,17 +12,19 @@ Each objective takes
     k          number of samples
     seed       a stateless seed (shape [2] int tensor), so a step is a pure function of it
 and returns a `Bound`: the per-example lower bound on log p(x) [B] (the loss is its negative
-mean) and named per-example terms for logging. Samples are on axis 0: z is [k, B, latent].
+mean), named per-example terms for logging and, where a group of variables follows another
+gradient than the bound's (PIWAE, STL, DReG), that group's surrogate [B]. Samples are on axis 0: z is [k, B, latent].
 Sign conventions: `distortion` = -E log p(x|z) >= 0 for binary data, `rate` = KL(q || p) or
 its Monte Carlo estimate; for eq. (4) and (5), bound = -(distortion + rate).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 from keras import ops
 
-from . import backend
+from . import backend, registry
 from .backend import tfd
 
 Tensor = Any  # the active Keras backend's tensor (a TF tensor or a JAX array)
@@ -31,6 +34,10 @@ Decode = Callable[[Tensor], tfd.Distribution]
 class Bound(NamedTuple):
     bound: Tensor  # [B]
     terms: dict  # name -> [B]
+    # group of variables ("encoder", "decoder") -> [B]: what that group ascends when it is
+    # not the bound itself (PIWAE's two targets, STL's and DReG's encoder surrogates). The
+    # training step and the SNR measurement read it; neither names an objective.
+    surrogates: dict | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -72,6 +79,69 @@ def posterior_log_weights(x, q, p_z, decode: Decode, k: int, seed):
 
 
 # --------------------------------------------------------------------------------------
+# gradient estimators: surrogates whose gradient is the estimator, per group of variables
+
+def stop_parameters(q: tfd.Distribution) -> tfd.Distribution:
+    """q with every parameter behind a stop_gradient: the same density, whose log_prob at a
+    reparameterized z carries the path derivative through z only (STL and DReG need it)."""
+    def stop(v):
+        if isinstance(v, tfd.Distribution):
+            return stop_parameters(v)
+        return ops.stop_gradient(v) if hasattr(v, "dtype") and hasattr(v, "shape") else v
+    return q.copy(**{n: stop(v) for n, v in q.parameters.items() if v is not None})
+
+
+def _groups(log_w: Tensor, m: int) -> Tensor:
+    """[m*k, B] -> [k, m, B]: the m disjoint groups of k consecutive samples, on axis 1."""
+    mk = ops.shape(log_w)[0]
+    return ops.transpose(ops.reshape(log_w, (m, mk // m, -1)), (1, 0, 2))
+
+
+def _miwae(log_w: Tensor, m: int) -> Tensor:
+    """Mean over m groups of the IWAE bound of each group. [m*k, B] -> [B]."""
+    if m == 1:
+        return iwae_from_log_weights(log_w)
+    return backend.mean(iwae_from_log_weights(_groups(log_w, m)), axis=0)
+
+
+def _dreg_surrogate(log_w: Tensor, log_w_path: Tensor, m: int) -> Tensor:
+    """Tucker et al. 2018, eq. (7): per group, sum_i stop(w~_i)^2 log w_i, where log w_i has
+    q's parameters stopped (`log_w_path`) and w~ are the normalized weights of its group;
+    averaged over the m groups. Its gradient with respect to the encoder's parameters has
+    the expectation of the IWAE bound's, and does not vanish as k grows. [m*k, B] -> [B]."""
+    g = _groups(ops.stop_gradient(log_w), m)  # [k, m, B]
+    w_norm = ops.exp(g - ops.logsumexp(g, axis=0, keepdims=True))  # [k, m, B]
+    return backend.mean(ops.sum(w_norm**2 * _groups(log_w_path, m), axis=0), axis=0)
+
+
+def _encoder_target(log_w, log_w_path, m: int, estimator: str) -> Tensor:
+    """What the encoder ascends for an IWAE-type bound of m groups, by estimator. [B]."""
+    if estimator == "standard":
+        return _miwae(log_w, m)
+    if estimator == "stl":
+        return _miwae(log_w_path, m)  # same values, the score term gone
+    if estimator == "dreg":
+        return _dreg_surrogate(log_w, log_w_path, m)
+    raise ValueError(f"unknown gradient estimator {estimator!r}")
+
+
+def _sample_log_weights(x, q, p_z, decode: Decode, n: int, seed, estimator: str):
+    """n reparameterized samples: log w [n, B], the same with q's parameters stopped (for
+    STL and DReG; None for the standard estimator, which does not need it) and the
+    per-example terms distortion, rate and ess [B]."""
+    log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, n, seed)
+    log_w = log_px_z + log_pz - log_qz  # [n, B]
+    log_w_path = None
+    if estimator != "standard":
+        z = q.sample(n, seed=seed)  # the same z: same seed, same reparameterization
+        log_w_path = log_px_z + log_pz - stop_parameters(q).log_prob(z)
+    terms = {"distortion": -backend.mean(log_px_z, 0),
+             "rate": backend.mean(log_qz - log_pz, 0),
+             "ess": effective_sample_size(ops.stop_gradient(log_w))}
+    return log_w, log_w_path, terms
+
+
+# --------------------------------------------------------------------------------------
 # the objectives
 
 def elbo_analytic(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
@@ -103,16 +173,52 @@ def vae_k(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     })
 
 
-def iwae(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
+def miwae(x, q, p_z, decode: Decode, k: int = 1, seed=None, m: int = 1,
+          estimator: str = "standard") -> Bound:
+    """MIWAE(m, k) (Rainforth et al. 2018): the mean of m independent IWAE-k bounds, m*k
+    samples per digit. m = 1 is eq. (11); k = 1 is the m-sample ELBO (vae_k).
+    The encoder ascends the bound's gradient by `estimator`, the decoder the bound's."""
+    log_w, log_w_path, terms = _sample_log_weights(x, q, p_z, decode, m * k, seed, estimator)
+    bound = _miwae(log_w, m)
+    if estimator == "standard":
+        return Bound(bound, terms)
+    return Bound(bound, terms, {"encoder": _encoder_target(log_w, log_w_path, m, estimator),
+                                "decoder": bound})
+
+
+def iwae(x, q, p_z, decode: Decode, k: int = 1, seed=None,
+         estimator: str = "standard") -> Bound:
     """Eq. (10)/(11): importance sampling from the posterior, log (1/k) sum_i w_i.
     k = 1 is eq. (5) on the same sample; the bound tightens as k grows."""
-    log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, k, seed)
-    log_w = log_px_z + log_pz - log_qz  # [k, B]
-    return Bound(iwae_from_log_weights(log_w), {
-        "distortion": -backend.mean(log_px_z, 0),
-        "rate": backend.mean(log_qz - log_pz, 0),
-        "ess": effective_sample_size(ops.stop_gradient(log_w)),
-    })
+    return miwae(x, q, p_z, decode, k, seed, 1, estimator)
+
+
+def ciwae(x, q, p_z, decode: Decode, k: int = 1, seed=None, beta: float = 0.5,
+          estimator: str = "standard") -> Bound:
+    """CIWAE(beta) (Rainforth et al. 2018): beta ELBO + (1 - beta) IWAE-k on the same k
+    samples. beta = 1 is the k-sample ELBO, beta = 0 the IWAE-k bound. With stl/dreg the
+    ELBO part's encoder gradient is STL's (DReG with one sample is STL)."""
+    log_w, log_w_path, terms = _sample_log_weights(x, q, p_z, decode, k, seed, estimator)
+    elbo = elbo_from_log_weights(log_w)
+    bound = beta * elbo + (1.0 - beta) * iwae_from_log_weights(log_w)
+    terms["elbo"] = elbo
+    if estimator == "standard":
+        return Bound(bound, terms)
+    enc = (beta * elbo_from_log_weights(log_w_path)
+           + (1.0 - beta) * _encoder_target(log_w, log_w_path, 1, estimator))
+    return Bound(bound, terms, {"encoder": enc, "decoder": bound})
+
+
+def piwae(x, q, p_z, decode: Decode, k: int = 1, seed=None, m: int = 1,
+          estimator: str = "standard") -> Bound:
+    """PIWAE(m, k) (Rainforth et al. 2018): one step, two gradient targets on the same m*k
+    samples: the decoder ascends IWAE-(m k), the tighter bound (reported as `bound`); the
+    encoder ascends MIWAE(m, k), whose gradient keeps its signal-to-noise ratio."""
+    log_w, log_w_path, terms = _sample_log_weights(x, q, p_z, decode, m * k, seed, estimator)
+    bound = iwae_from_log_weights(log_w)  # IWAE-(m k)
+    terms["miwae"] = _miwae(log_w, m)
+    return Bound(bound, terms, {"encoder": _encoder_target(log_w, log_w_path, m, estimator),
+                                "decoder": bound})
 
 
 def prior_mc(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
@@ -125,18 +231,39 @@ def prior_mc(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     """
     z = p_z.sample(k, seed=seed)  # [k, latent]
     log_px_z = decode(z[:, None, :]).log_prob(x)  # [k, 1, 784] vs [B, 784] -> [k, B]
-    best = ops.max(log_px_z, 0)
     return Bound(iwae_from_log_weights(log_px_z), {
-        "distortion": -best,  # the one z that explains x best: who won the "fight"
+        # -max_i log p(x|z_i): the one z that explains x best, who won the "fight". Not a
+        # distortion (that is an expectation under q), hence its own name.
+        "nll_best_z": -ops.max(log_px_z, 0),
         "ess": effective_sample_size(ops.stop_gradient(log_px_z)),
     })
 
 
-OBJECTIVES: dict[str, Callable[..., Bound]] = {
+FUNCTIONS: dict[str, Callable[..., Bound]] = {
     "elbo_analytic": elbo_analytic,
     "elbo_mc": elbo_mc,
     "vae_k": vae_k,
     "iwae": iwae,
+    "miwae": miwae,
+    "ciwae": ciwae,
+    "piwae": piwae,
     "prior_mc": prior_mc,
 }
+assert set(FUNCTIONS) == set(registry.OBJECTIVES), "vaelab.registry and FUNCTIONS disagree"
 
+
+def objective(name: str, **options) -> Callable[..., Bound]:
+    """The registered objective `name` with the per-model options that apply to it (m,
+    beta, estimator, as vaelab.registry says) bound: (x, q, p_z, decode, k, seed) -> Bound."""
+    spec = registry.OBJECTIVES[name]
+    allowed = set(spec.hparams) | ({"estimator"} if len(spec.estimators) > 1 else set())
+    kw = {n: v for n, v in options.items() if n in allowed}
+    return functools.partial(FUNCTIONS[name], **kw) if kw else FUNCTIONS[name]
+
+
+def surrogate_losses(b: Bound, groups=("encoder", "decoder")) -> dict | None:
+    """The scalar loss whose gradient each group of variables follows, -mean(surrogate);
+    None when every group follows the bound itself (one gradient of -mean(bound))."""
+    if b.surrogates is None:
+        return None
+    return {g: -ops.mean(b.surrogates.get(g, b.bound)) for g in groups}

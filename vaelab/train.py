@@ -27,7 +27,8 @@ from . import data as vdata
 from . import models
 from .config import RunConfig, UserError
 from .io import file_sha256
-from .objectives import OBJECTIVES, iwae
+from . import objectives
+from .objectives import iwae
 
 
 class NonFiniteError(UserError, RuntimeError):
@@ -89,23 +90,29 @@ class Model:
         self.decoder = decoder if decoder is not None else models.build_decoder(run.model)
         self.p_z = models.prior(run.model.latent)
         self.decode = models.make_decode(self.decoder, run.model.decoder)
-        self.objective = OBJECTIVES[run.objective]
+        self.objective = objectives.objective(run.objective, **run.options())
         # JAX's step (make_step) keeps weights and optimizer slots as its own arrays between
         # calls; this writes them into the Keras variables. Call it before reading them.
         self.write_back: Callable[[], None] = lambda: None
 
-    def bound(self, x, seed, k=None):
-        """The run's own objective on x: (bound [B], terms)."""
+    def bound(self, x, seed, k=None) -> objectives.Bound:
+        """The run's own objective on x: a Bound (bound [B], terms, surrogates)."""
         q = models.posterior(self.encoder, x)
         return self.objective(x, q, self.p_z, self.decode, k or self.run.k, seed)
 
     @property
+    def groups(self) -> list[tuple[str, list]]:
+        """(name, trainable variables) of each group an objective may give its own surrogate
+        (Bound.surrogates). An objective that never calls the encoder (eq. 7) gives it no
+        gradient, and Adam must not be handed None gradients for it."""
+        out = [("decoder", self.decoder.trainable_variables)]
+        if self.run.spec.uses_encoder:
+            out.insert(0, ("encoder", self.encoder.trainable_variables))
+        return out
+
+    @property
     def variables(self):
-        # The prior-sampling objective never calls the encoder: it gets no gradient, and
-        # Adam must not be handed None gradients for it.
-        if self.run.objective == "prior_mc":
-            return self.decoder.trainable_variables
-        return self.encoder.trainable_variables + self.decoder.trainable_variables
+        return [v for _, vs in self.groups for v in vs]
 
 
 def make_optimizer(model: Model, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -117,17 +124,19 @@ def make_optimizer(model: Model, learning_rate: float) -> keras.optimizers.Optim
 
 
 def step_loss(model: Model, x, seed, dynamic: bool):
-    """The loss one training step differentiates, on either backend: (loss, logs).
-    x [B, 784], seed a stateless seed [2]."""
+    """The loss one training step reports and differentiates, on either backend:
+    (loss, surrogate losses, logs). The surrogates are None when every variable follows
+    -mean(bound), else {group: scalar} (objectives.surrogate_losses): what each group of
+    `model.groups` differentiates instead. x [B, 784], seed a stateless seed [2]."""
     bin_seed, z_seed = backend.split_seed(seed)
     if dynamic:
         # A fresh Bernoulli draw of every pixel each time the digit is seen
         # (Burda et al. 2015): less overfitting than one fixed binarization.
         x = ops.cast(backend.uniform(ops.shape(x), bin_seed) < x, "float32")
-    bound, terms = model.bound(x, z_seed)
-    logs = {"bound": ops.mean(bound)}
-    logs.update({n: ops.mean(t) for n, t in terms.items()})
-    return -ops.mean(bound), logs
+    b = model.bound(x, z_seed)
+    logs = {"bound": ops.mean(b.bound)}
+    logs.update({n: ops.mean(t) for n, t in b.terms.items()})
+    return -ops.mean(b.bound), objectives.surrogate_losses(b, [g for g, _ in model.groups]), logs
 
 
 def _all_finite(loss, grads):
@@ -154,9 +163,15 @@ def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool
     variables = model.variables
 
     def one_step(x, seed):
-        with tf.GradientTape() as tape:
-            loss, logs = step_loss(model, x, seed, dynamic)
-        grads = tape.gradient(loss, variables)
+        # persistent: an objective with surrogates takes one gradient per group (inside
+        # tf.function the tape is a trace-time object, so this costs nothing otherwise)
+        with tf.GradientTape(persistent=True) as tape:
+            loss, surrogates, logs = step_loss(model, x, seed, dynamic)
+        if surrogates is None:
+            grads = tape.gradient(loss, variables)
+        else:
+            grads = [g for name, vs in model.groups for g in tape.gradient(surrogates[name], vs)]
+        del tape
         finite = _all_finite(loss, grads)
         # Never let a NaN into the weights: the caller stops at the first step with
         # `finite == False`, and the checkpoint on disk stays the last good state.
@@ -187,11 +202,26 @@ def _make_step_jax(model: Model, optimizer: keras.optimizers.Optimizer, dynamic:
 
     variables, slots = model.variables, optimizer.variables
 
-    def loss_fn(values, x, seed):
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            return step_loss(model, x, seed, dynamic)
+    sizes = [len(vs) for _, vs in model.groups]
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def targets(values, x, seed):
+        """[loss] or [one surrogate loss per group], and (loss, logs)."""
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            loss, surrogates, logs = step_loss(model, x, seed, dynamic)
+        out = [loss] if surrogates is None else [surrogates[g] for g, _ in model.groups]
+        return jnp.stack(out), (loss, logs)
+
+    def grad_fn(values, x, seed):
+        # one forward pass, one backward pass per target: each group keeps the gradient of
+        # its own target (a single target: every variable's, as value_and_grad)
+        out, vjp, (loss, logs) = jax.vjp(lambda v: targets(v, x, seed), values, has_aux=True)
+        if out.shape[0] == 1:
+            return (loss, logs), vjp(jnp.ones_like(out))[0]
+        grads, start = [], 0
+        for i, n in enumerate(sizes):
+            grads += vjp(jnp.zeros_like(out).at[i].set(1.0))[0][start:start + n]
+            start += n
+        return (loss, logs), grads
 
     def steps(values, slot_values, xs, seeds):
         all_logs, finites = [], []
@@ -230,8 +260,8 @@ def _make_step_jax(model: Model, optimizer: keras.optimizers.Optimizer, dynamic:
 
 def make_eval(model: Model, jit: bool):
     def evaluate(x, seed):
-        bound, terms = model.bound(x, seed)
-        return {"bound": ops.sum(bound), **{n: ops.sum(t) for n, t in terms.items()}}
+        b = model.bound(x, seed)
+        return {"bound": ops.sum(b.bound), **{n: ops.sum(t) for n, t in b.terms.items()}}
 
     return backend.compile(evaluate, model.encoder.variables + model.decoder.variables, jit)
 
