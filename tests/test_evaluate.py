@@ -231,6 +231,8 @@ def test_report_renders_every_claim_and_table():
     for c in claims:
         assert f"### {c.number}. {c.title}: **{c.verdict}**" in text
     assert "| iwae | iwae | 50 |" in text and "86.76" in text and "figures/samples.png" in text
+    # Burda et al. trained for sum_{i=0..7} 3^i passes, not 3^8
+    assert "3,280 passes" in text and "6,561" not in text and "3^8 passes" not in text
 
 
 def test_gaussian_decoder_trains_and_evaluates_on_grey_values():
