@@ -198,6 +198,51 @@ def test_claim_6_tolerance_is_three_standard_errors_of_the_measured_spread():
     assert verdicts(results, infos)[6] == report.UNMEASURED
 
 
+def test_claim_2_scores_the_prior_model_by_the_nll_whatever_prior_sampling_says():
+    """One pre-declared estimator, -L_K by posterior sampling, for every model: a better
+    prior-sampling estimate of the prior model is shown but never picked by its value."""
+    results, infos = fake_results()
+    # posterior sampling puts the prior model 43 nats behind the VAE, prior sampling 1
+    results["prior"].update(nll=140.0, _prior_vs_posterior={1: (-300.0, -150.0),
+                                                             5000: (-98.0, -140.0)})
+    claim = report.claim_2(results, infos)
+    assert claim.verdict == report.HOLDS  # the max of the two estimates would make it fail
+    assert "140.00 (-L_K, posterior sampling" in claim.evidence and "not used" in claim.evidence
+    assert "evaluate.k" in claim.rule and "no choice between estimators" in claim.rule
+    # and the other way round: a NLL within 10 nats fails however bad prior sampling is
+    results["prior"].update(nll=101.0, _prior_vs_posterior={5000: (-400.0, -101.0)})
+    assert report.claim_2(results, infos).verdict == report.FAILS
+
+
+def _loss_check_case(objective, k=5):
+    m = evaluate.Loaded("m", None, None, {"model.decoder": "bernoulli", "model.latent": 2,
+                                          "objective": objective, "k": k})
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(-100.0, 1.0, size=(20, 30)).astype(np.float32)  # posterior, [K, N]
+    prior_lw = rng.normal(-130.0, 5.0, size=(20, 30)).astype(np.float32)  # prior, [K, N]
+    return m, log_w, prior_lw
+
+
+@pytest.mark.parametrize("nll,nll_prior", [(100.0, 130.0), (130.0, 100.0)])
+def test_loss_check_picks_the_reference_by_objective_not_by_value(nll, nll_prior):
+    m, log_w, prior_lw = _loss_check_case("prior_mc")
+    r = evaluate.loss_check(m, log_w, prior_lw, nll, nll_prior)
+    assert r["nll_ref"] == nll_prior and r["_nll_ref_by"] == "prior sampling, k=20"
+    assert np.isfinite(r["nll_ref_se"]) and np.isfinite(r["loss_se"])
+    m, log_w, prior_lw = _loss_check_case("iwae")
+    r = evaluate.loss_check(m, log_w, prior_lw, nll, nll_prior)
+    assert r["nll_ref"] == nll and r["_nll_ref_by"] == "NLL, L_20"
+
+
+def test_loss_check_without_enough_samples_of_the_own_sampler_is_unmeasured():
+    # prior_mc with k=50 and 20 prior samples: no fallback to the posterior NLL
+    m, log_w, prior_lw = _loss_check_case("prior_mc", k=50)
+    r = evaluate.loss_check(m, np.concatenate([log_w] * 5), prior_lw, 100.0, 130.0)
+    assert r["_nll_ref_by"] == "" and r["nll_ref"] == 130.0
+    m, log_w, prior_lw = _loss_check_case("iwae", k=50)
+    assert evaluate.loss_check(m, log_w, prior_lw, 100.0, 130.0)["_nll_ref_by"] == ""
+
+
 def test_mean_se_matches_the_standard_error_of_a_mean():
     rng = np.random.default_rng(0)
     n, sigma = 400, 3.0

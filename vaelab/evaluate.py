@@ -271,20 +271,23 @@ def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
 
     The loss and NLL = -L_K are both upper bounds on -log p(x) in expectation; only one
     that is tighter than the loss's by construction can test it: L_K with K >= the model's
-    k from the same sampler (L_k grows with k). For posterior-trained models that is the
-    NLL; for eq. (7) (prior sampling) it is the prior-sampling estimate at the largest k,
-    or the NLL if that is lower. `nll_ref_by` says which, "" when evaluate.k is below the
-    model's k and no such estimate exists. `loss_se`, `nll_ref_se`: standard errors of the
-    two means over the test digits, measured from the log-weights' spread (`mean_se`)."""
+    k from the same sampler (L_k grows with k). Which one is fixed by the model's objective
+    alone, never by comparing the two estimates' values (the better of two stochastic
+    bounds is no bound): for posterior-trained models the NLL (posterior sampling, L_K with
+    K = evaluate.k); for eq. (7) (prior_mc) the prior-sampling estimate at the largest k.
+    `nll_ref_by` says which, "" when that sampler has fewer than the model's k samples and
+    the comparison cannot be made. `loss_se`, `nll_ref_se`: standard errors of the two
+    means over the test digits, measured from the log-weights' spread (`mean_se`)."""
     k = int(m.info["k"])
     if m.info["objective"] == "prior_mc":
         loss_se = mean_se(prior_lw, k, shared=True)
-        if len(prior_lw) >= k and nll_prior <= nll:
-            return {"nll_ref": nll_prior, "nll_ref_se": tightest_se(prior_lw, shared=True),
-                    "loss_se": loss_se, "_nll_ref_by": f"prior sampling, k={len(prior_lw)}"}
-    else:
-        # eq. (4)'s own bound has an analytic KL; one log-weight's spread bounds its noise
-        loss_se = mean_se(log_w, k)
+        if len(prior_lw) < k:
+            return {"nll_ref": nll_prior, "nll_ref_se": float("nan"), "loss_se": loss_se,
+                    "_nll_ref_by": ""}
+        return {"nll_ref": nll_prior, "nll_ref_se": tightest_se(prior_lw, shared=True),
+                "loss_se": loss_se, "_nll_ref_by": f"prior sampling, k={len(prior_lw)}"}
+    # eq. (4)'s own bound has an analytic KL; one log-weight's spread bounds its noise
+    loss_se = mean_se(log_w, k)
     if len(log_w) < k:
         return {"nll_ref": nll, "nll_ref_se": float("nan"), "loss_se": loss_se,
                 "_nll_ref_by": ""}

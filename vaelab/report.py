@@ -101,7 +101,10 @@ def reference_model(results, infos) -> str:
 
 def claim_2(results, infos) -> Claim:
     rule = ("the prior-trained model's NLL is >= 10 nats worse than the best posterior-trained "
-            "model's, AND for the reference VAE the prior-sampling estimate of log p(x) at the "
+            "model's, every model's NLL being the same pre-declared estimator: -L_K, posterior "
+            "importance sampling with K = evaluate.k samples (for the prior-trained model too, "
+            "whose untrained encoder is its proposal; no choice between estimators by their "
+            "value), AND for the reference VAE the prior-sampling estimate of log p(x) at the "
             "largest k stays >= 10 nats below posterior importance sampling at the same k")
     title = "Sampling from the prior (eq. 7) fails"
     prior = _by_objective(infos, "prior_mc")
@@ -118,16 +121,17 @@ def claim_2(results, infos) -> Claim:
           f"{q_est:.1f} nats at k={kmax} (gap {gap_est:.1f})")
     ok_est = gap_est >= 10
     if prior:
-        # The prior model's encoder is untrained, a poor proposal: judge it by the better of
-        # its two estimates (both lower bounds on log p(x) in expectation).
-        def fair_nll(n):
-            pvp_n = results[n]["_prior_vs_posterior"]
-            return min(results[n]["nll"], -pvp_n[max(pvp_n)][0])
-
-        pn = min(fair_nll(n) for n in prior)
-        ev = (f"NLL of the prior-trained model ({', '.join(prior)}) {pn:.2f} (the better of "
-              f"posterior and prior sampling at k={kmax}) vs {best} "
-              f"{results[best]['nll']:.2f} ({pn - results[best]['nll']:+.2f}); " + ev)
+        # One estimator for every model, fixed before the numbers are seen: the NLL. The
+        # better (max) of two stochastic lower bounds is no longer a lower bound, so the
+        # prior-sampling estimate of the prior model is shown, never used in the verdict.
+        pn_name = min(prior, key=lambda n: results[n]["nll"])  # the best prior-trained model
+        pn = results[pn_name]["nll"]
+        shown = results[pn_name].get("_prior_vs_posterior")
+        aside = (f"; for information, prior sampling at k={max(shown)} gives "
+                 f"{-shown[max(shown)][0]:.2f}, not used" if shown else "")
+        ev = (f"NLL of the prior-trained model ({pn_name}) {pn:.2f} (-L_K, posterior sampling"
+              f"{aside}) vs {best} {results[best]['nll']:.2f} "
+              f"({pn - results[best]['nll']:+.2f}); " + ev)
         return Claim(2, title, rule, ev, HOLDS if (pn - results[best]["nll"] >= 10 and ok_est)
                      else FAILS)
     return Claim(2, title, rule + " (no prior_mc model trained: estimator part only)", ev,
@@ -198,9 +202,11 @@ def claim_5(results, infos, snr_k) -> Claim:
 
 
 def claim_6(results, infos) -> Claim:
-    rule = ("for every model, its loss L (minus its own bound) >= the tightest estimate of the "
-            "NLL that is tighter by construction (L_K from the same sampler with K >= the "
-            "model's k) - 3 Monte Carlo standard errors of the difference (measured from the "
+    rule = ("for every model, its loss L (minus its own bound) >= an estimate of the NLL "
+            "that is tighter by construction, chosen by the model's objective alone: L_K from "
+            "the same sampler with K >= the model's k (posterior sampling, K = evaluate.k, for "
+            "posterior-trained models; prior sampling at the largest evaluate.prior_k for "
+            "eq. 7) - 3 Monte Carlo standard errors of the difference (measured from the "
             "spread of the log-weights over disjoint groups of samples)")
     title = "The loss L upper-bounds -E[log p(x)]"
     rows, ok, measured = [], True, True
