@@ -1,6 +1,7 @@
 """Measurements on a trained model: the numbers behind each of the article's claims.
 
-All on the fixed binarized test set, with fixed seeds, so every model sees the same bits and
+All on the fixed binarized test set (a Gaussian decoder: one fixed dequantization of the
+grey values, NLL also in bits per dimension), with fixed seeds, so every model sees the same bits and
 the same random numbers:
 - L_k for k in {1, 5, 50, ..., evaluate.k}: the importance-weighted bound (eq. 11) with k
   posterior samples; NLL = -L_5000 as in Burda et al. 2015. All L_k come from ONE set of
@@ -23,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from . import backend, models
+from . import data as vdata
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
 from .objectives import OBJECTIVES, iwae, iwae_from_log_weights
@@ -65,11 +67,13 @@ class Loaded:
         return cache[key]
 
 
-def test_inputs(test: dict, kind: str) -> np.ndarray:
-    """The evaluation data, float32 [N, 784]: the fixed bits `xb`, or grey values for a
-    Gaussian decoder."""
+def test_inputs(test: dict, kind: str, seed: int = 0) -> np.ndarray:
+    """The evaluation data, float32 [N, 784]: the fixed bits `xb`, or for a Gaussian decoder
+    the grey values dequantized, (pixel + u) / 256 (`data.dequantize`), by one fixed draw of
+    u from `seed` (the same for every model): its NLL is in nats of that density on [0, 1)^784,
+    `bits_per_dim` converts it to the 8-bit data."""
     if kind == "gaussian":
-        return test["x"].reshape(len(test["x"]), -1).astype(np.float32) / 255.0
+        return vdata.dequantize(test["x"], seed)
     return test["xb"].astype(np.float32)
 
 
@@ -333,6 +337,11 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         "_posterior_std_active": post["posterior_std_active"],
     }
     out["loss_minus_nll"] = -out["own_bound"] - nll
+    if m.kind == "gaussian":
+        # x is dequantized grey (test_inputs): the NLL as a bound on -log P of the 8-bit
+        # values, in nats and in bits per dimension (log 256 per pixel added back)
+        out["nll_discrete"] = vdata.discrete_nll(nll, x.shape[1])
+        out["bits_per_dim"] = vdata.bits_per_dim(nll, x.shape[1])
     snr_x = x[:min(100, len(x))]
     for k in cfg.snr_k:
         s = timed(f"snr_k{k}", gradient_snr, m, snr_x, k, cfg.snr_repeats, cfg.seed)
