@@ -276,6 +276,11 @@ def test_report_renders_every_claim_and_table():
     for c in claims:
         assert f"### {c.number}. {c.title}: **{c.verdict}**" in text
     assert "| iwae | iwae | 50 |" in text and "86.76" in text and "figures/samples.png" in text
+    assert "bits/dim" not in text  # no Gaussian decoder here
+    results["vae"].update(nll_discrete=1500.0, bits_per_dim=2.76)
+    assert "vae 1500.00 nats = 2.760 bits/dim" in report.render(
+        results, infos, claims, {"k": 5000, "source": "mnist5k", "n_train": 4000, "n_test": 500,
+                                 "snr_k": (1, 5, 50), "figures": []})
     # Burda et al. trained for sum_{i=0..7} 3^i passes, not 3^8
     assert "3,280 passes" in text and "6,561" not in text and "3^8 passes" not in text
 

@@ -1,8 +1,8 @@
 """Measurements on a trained model: the numbers behind each of the article's claims.
 
 All on the fixed binarized test set (a Gaussian decoder: one fixed dequantization of the
-grey values, NLL also in bits per dimension), with fixed seeds, so every model sees the same bits and
-the same random numbers:
+grey values, NLL also in bits per dimension), with fixed seeds, so every model sees the same
+bits and the same random numbers:
 - L_k for k in {1, 5, 50, ..., evaluate.k}: the importance-weighted bound (eq. 11) with k
   posterior samples; NLL = -L_5000 as in Burda et al. 2015. All L_k come from ONE set of
   evaluate.k log-weights per example: L_k is the mean of the IWAE bound over the
