@@ -72,7 +72,8 @@ def main():
               flush=True)
         tic = time.perf_counter()
         with heartbeat(name, evaluate_cost(params)[1] / len(names)):
-            results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind), cfg)
+            x_test = evaluate.test_inputs(test, m.kind, cfg.seed)
+            results[name] = evaluate.evaluate_model(m, x_test, cfg)
         infos[name] = m.info
         r = results[name]
         print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
@@ -118,6 +119,7 @@ def main():
 def write_figures(folder, loaded, results, test, params, ref):
     """The report's PNGs; returns [(title, file name)]."""
     from vaelab import evaluate, figures
+    cfg = params.evaluate
     n = min(64, params.sample.n)
     figures.side_by_side(folder / "samples.png",
                          {name: evaluate.prior_samples_of(m, n, params.sample.seed)
@@ -125,7 +127,8 @@ def write_figures(folder, loaded, results, test, params, ref):
                          "Samples from the prior, decoded (E[x|z])")
     digits = test["xb"][:12].astype("float32")
     figures.reconstructions(folder / "reconstructions.png", digits,
-                            {name: evaluate.reconstructions(m, evaluate.test_inputs(test, m.kind)[:12])
+                            {name: evaluate.reconstructions(
+                                m, evaluate.test_inputs(test, m.kind, cfg.seed)[:12])
                              for name, m in loaded.items()})
     figures.histograms(folder / "posterior_std.png",
                        {name: r["_posterior_std_active"] for name, r in results.items()},

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from vaelab.config import DataConfig
-from vaelab.data import (DataError, binarize, load_prepared, load_source, prepare, read_idx,
-                         split, to_unit)
+from vaelab.data import (PIXELS, DataError, binarize, bits_per_dim, dequantize, discrete_nll,
+                         load_prepared, load_source, prepare, read_idx, split, to_unit)
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 T10K_IMAGES_MD5 = "2646ac647ad5339dbf082846283269ea"  # decompressed t10k-images-idx3-ubyte
@@ -241,6 +241,37 @@ def test_to_unit(mnist5k):
     assert u.dtype == np.float32 and u.shape == (10, 784)
     assert u.min() == 0.0 and u.max() == 1.0
     np.testing.assert_allclose(u * 255, mnist5k[0][:10].reshape(10, 784), atol=1e-4)
+
+
+def test_dequantize_puts_each_grey_level_in_its_own_bin_of_width_1_256(mnist5k):
+    x = mnist5k[0][:50]
+    y = dequantize(x, seed=0)
+    assert y.dtype == np.float32 and y.shape == (50, 784)
+    assert y.min() >= 0.0 and y.max() < 1.0
+    # floor(256 y) is the pixel: the noise never leaves the pixel's bin
+    np.testing.assert_array_equal(np.floor(y.astype(np.float64) * 256), x.reshape(50, 784))
+    u = y.astype(np.float64) * 256 - x.reshape(50, 784)  # the noise, ~ Uniform[0, 1)
+    assert abs(u.mean() - 0.5) < 0.01 and abs(u.var() - 1 / 12) < 0.005
+    np.testing.assert_array_equal(y, dequantize(x, seed=0))  # a pure function of the seed
+    assert not np.array_equal(y, dequantize(x, seed=[0, 2]))
+    top = np.full((1, 28, 28), 255, np.uint8)  # float32 would round (255 + u)/256 to 1
+    assert dequantize(top, seed=0).max() < 1.0
+
+
+def test_bits_per_dim_converts_a_density_on_0_1_to_the_8_bit_data():
+    log256 = np.log(256.0)
+    # the uniform density on [0, 1)^D: NLL 0 nats, each pixel one of 256 levels: 8 bits
+    assert bits_per_dim(0.0) == pytest.approx(8.0)
+    assert discrete_nll(0.0) == pytest.approx(PIXELS * log256)
+    # a density putting all of a pixel's mass in its bin: density 256 per pixel, P = 1
+    assert bits_per_dim(-PIXELS * log256) == pytest.approx(0.0, abs=1e-9)
+    # the formula, on another D: (nll + D log 256) / (D log 2)
+    assert bits_per_dim(-1000.0, pixels=500) == pytest.approx(
+        (-1000.0 + 500 * log256) / (500 * np.log(2.0)))
+    assert discrete_nll(-1000.0, pixels=500) == pytest.approx(-1000.0 + 500 * log256)
+    # probability 1/2 on each pixel's level, spread evenly over its bin: density 128 on y,
+    # -log2 P = 1 bit per pixel
+    assert bits_per_dim(-PIXELS * np.log(128.0)) == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------------------

@@ -198,6 +198,51 @@ def test_claim_6_tolerance_is_three_standard_errors_of_the_measured_spread():
     assert verdicts(results, infos)[6] == report.UNMEASURED
 
 
+def test_claim_2_scores_the_prior_model_by_the_nll_whatever_prior_sampling_says():
+    """One pre-declared estimator, -L_K by posterior sampling, for every model: a better
+    prior-sampling estimate of the prior model is shown but never picked by its value."""
+    results, infos = fake_results()
+    # posterior sampling puts the prior model 43 nats behind the VAE, prior sampling 1
+    results["prior"].update(nll=140.0, _prior_vs_posterior={1: (-300.0, -150.0),
+                                                             5000: (-98.0, -140.0)})
+    claim = report.claim_2(results, infos)
+    assert claim.verdict == report.HOLDS  # the max of the two estimates would make it fail
+    assert "140.00 (-L_K, posterior sampling" in claim.evidence and "not used" in claim.evidence
+    assert "evaluate.k" in claim.rule and "no choice between estimators" in claim.rule
+    # and the other way round: a NLL within 10 nats fails however bad prior sampling is
+    results["prior"].update(nll=101.0, _prior_vs_posterior={5000: (-400.0, -101.0)})
+    assert report.claim_2(results, infos).verdict == report.FAILS
+
+
+def _loss_check_case(objective, k=5):
+    m = evaluate.Loaded("m", None, None, {"model.decoder": "bernoulli", "model.latent": 2,
+                                          "objective": objective, "k": k})
+    rng = np.random.default_rng(0)
+    log_w = rng.normal(-100.0, 1.0, size=(20, 30)).astype(np.float32)  # posterior, [K, N]
+    prior_lw = rng.normal(-130.0, 5.0, size=(20, 30)).astype(np.float32)  # prior, [K, N]
+    return m, log_w, prior_lw
+
+
+@pytest.mark.parametrize("nll,nll_prior", [(100.0, 130.0), (130.0, 100.0)])
+def test_loss_check_picks_the_reference_by_objective_not_by_value(nll, nll_prior):
+    m, log_w, prior_lw = _loss_check_case("prior_mc")
+    r = evaluate.loss_check(m, log_w, prior_lw, nll, nll_prior)
+    assert r["nll_ref"] == nll_prior and r["_nll_ref_by"] == "prior sampling, k=20"
+    assert np.isfinite(r["nll_ref_se"]) and np.isfinite(r["loss_se"])
+    m, log_w, prior_lw = _loss_check_case("iwae")
+    r = evaluate.loss_check(m, log_w, prior_lw, nll, nll_prior)
+    assert r["nll_ref"] == nll and r["_nll_ref_by"] == "NLL, L_20"
+
+
+def test_loss_check_without_enough_samples_of_the_own_sampler_is_unmeasured():
+    # prior_mc with k=50 and 20 prior samples: no fallback to the posterior NLL
+    m, log_w, prior_lw = _loss_check_case("prior_mc", k=50)
+    r = evaluate.loss_check(m, np.concatenate([log_w] * 5), prior_lw, 100.0, 130.0)
+    assert r["_nll_ref_by"] == "" and r["nll_ref"] == 130.0
+    m, log_w, prior_lw = _loss_check_case("iwae", k=50)
+    assert evaluate.loss_check(m, log_w, prior_lw, 100.0, 130.0)["_nll_ref_by"] == ""
+
+
 def test_mean_se_matches_the_standard_error_of_a_mean():
     rng = np.random.default_rng(0)
     n, sigma = 400, 3.0
@@ -231,6 +276,75 @@ def test_report_renders_every_claim_and_table():
     for c in claims:
         assert f"### {c.number}. {c.title}: **{c.verdict}**" in text
     assert "| iwae | iwae | 50 |" in text and "86.76" in text and "figures/samples.png" in text
+    assert "bits/dim" not in text  # no Gaussian decoder here
+    results["vae"].update(nll_discrete=1500.0, bits_per_dim=2.76)
+    assert "vae 1500.00 nats = 2.760 bits/dim" in report.render(
+        results, infos, claims, {"k": 5000, "source": "mnist5k", "n_train": 4000, "n_test": 500,
+                                 "snr_k": (1, 5, 50), "figures": []})
+    # Burda et al. trained for sum_{i=0..7} 3^i passes, not 3^8
+    assert "3,280 passes" in text and "6,561" not in text and "3^8 passes" not in text
+
+
+def _constant_decoder(background_loc, background_scale, latent=2):
+    """A Gaussian model whose p(x|z) ignores z: background pixels (all but the first 84)
+    get loc `background_loc` and scale `background_scale` (>= the scale floor 1e-4), the
+    first 84 loc 0.5 and scale 0.3. Its log p(x) is log p(x|z), exactly."""
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(latent=latent, hidden=(8,), decoder="gaussian")
+    enc, dec = models.build_encoder(cfg), models.build_decoder(cfg)
+
+    def set_out(layer, bias):
+        kernel, _ = dec.get_layer(layer).get_weights()
+        dec.get_layer(layer).set_weights([np.zeros_like(kernel), bias.astype(np.float32)])
+
+    fg = np.arange(784) < 84
+    loc = np.where(fg, 0.5, background_loc)
+    set_out("loc", np.log(loc) - np.log1p(-loc))  # sigmoid^-1
+    extra = np.where(fg, 0.3, background_scale) - models.SCALE_FLOOR  # softplus^-1 below
+    set_out("scale_softplus", np.where(extra > 1e-12, np.log(np.expm1(np.maximum(extra, 1e-12))),
+                                       -40.0))
+    return evaluate.Loaded("g", enc, dec, {"model.decoder": "gaussian", "model.latent": latent,
+                                           "objective": "iwae", "k": 1})
+
+
+def _nll(m, x):
+    log_w, _ = evaluate.log_weights(m, x, k=20, chunk=20, batch_size=len(x), seed=0)
+    return float(-evaluate.l_k(log_w, 20).mean())
+
+
+def test_dequantized_bits_per_dim_stay_nonnegative_where_raw_grey_values_blow_up():
+    """Digits whose background pixels are 0 in every image: a Gaussian on grey / 255 can
+    put a spike on the background and score a log-density as high as its scale floor
+    allows (unbounded without one), so its 'bits per dimension' go below 0, impossible for
+    -log2 P of discrete pixels. On dequantized pixels (pixel + u) / 256 no scale helps:
+    the bound on -log P stays >= 0 for the same spike and for the best scale of the bin."""
+    from vaelab import data
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((40, 784), np.uint8)
+    x[:, :84] = rng.integers(0, 256, (40, 84))  # three rows of varied grey, the rest 0
+    test = {"x": x.reshape(40, 28, 28), "xb": (x > 127).astype(np.uint8)}
+
+    raw = x.astype(np.float32) / 255.0  # what the Gaussian decoder was fed before
+    spike = _constant_decoder(1e-12, models.SCALE_FLOOR)  # loc 0: the background exactly
+    raw_nll = _nll(spike, raw)
+    assert data.bits_per_dim(raw_nll) < 0, raw_nll  # below 0 bits: not a probability
+    assert raw_nll < _nll(_constant_decoder(1e-12, 1e-3), raw) - 1000  # grows as scale falls
+
+    y = evaluate.test_inputs(test, "gaussian", seed=0)
+    np.testing.assert_array_equal(np.floor(y[:, 84:].astype(np.float64) * 256), 0)
+    bin_std = 1 / 256 / np.sqrt(12)  # the Gaussian closest to Uniform[0, 1/256)
+    for loc, scale in [(1e-12, models.SCALE_FLOOR), (0.5 / 256, models.SCALE_FLOOR),
+                       (0.5 / 256, bin_std), (0.5 / 256, 1e-3), (0.5 / 256, 0.01)]:
+        nll = _nll(_constant_decoder(loc, scale), y)
+        assert data.bits_per_dim(nll) >= 0, (loc, scale, nll)
+        assert data.discrete_nll(nll) >= 0
+    # and it is what the densities say: 700 background pixels at 0.18 nats each (a Gaussian
+    # of the bin's std on a bin), 84 uniform grey ones at 5.7 (N(0.5, 0.3) on [0, 1))
+    best = data.discrete_nll(_nll(_constant_decoder(0.5 / 256, bin_std), y))
+    bg = 0.5 * np.log(2 * np.pi * bin_std**2) + 0.5 + np.log(256)
+    fg = 0.5 * np.log(2 * np.pi * 0.09) + (1 / 12) / (2 * 0.09) + np.log(256)
+    assert best == pytest.approx(700 * bg + 84 * fg, abs=20), (best, 700 * bg + 84 * fg)
 
 
 def test_gaussian_decoder_trains_and_evaluates_on_grey_values():
@@ -252,7 +366,15 @@ def test_gaussian_decoder_trains_and_evaluates_on_grey_values():
     test = {"x": x[400:420], "xb": data.binarize(x[400:420], "static", 0)}
     grey = evaluate.test_inputs(test, "gaussian")
     assert grey.dtype == np.float32 and 0 < grey.mean() < 1 and len(np.unique(grey)) > 2
+    # dequantized, one fixed draw: (pixel + u) / 256
+    np.testing.assert_array_equal(np.floor(grey.astype(np.float64) * 256),
+                                  x[400:420].reshape(20, 784))
+    np.testing.assert_array_equal(grey, evaluate.test_inputs(test, "gaussian"))
     cfg = EvaluateConfig(k=10, n_test=20, chunk=5, batch_size=10, snr_k=(1, 2), snr_repeats=3,
                          elbo_draws=5, prior_k=(1, 10))
     r = evaluate.evaluate_model(m, grey, cfg)
     assert np.isfinite(r["nll"]) and r["elbo"] <= -r["nll"] + 1e-3
+    assert r["nll_discrete"] == pytest.approx(r["nll"] + 784 * np.log(256))
+    assert r["bits_per_dim"] == pytest.approx(r["nll_discrete"] / (784 * np.log(2)))
+    assert r["bits_per_dim"] >= 0
+    assert "bits_per_dim" in report.summary({"g": r}, {"g": {}})["g"]

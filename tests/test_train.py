@@ -176,6 +176,51 @@ def test_checkpoint_key_follows_the_config():
     assert vtrain.checkpoint_key(tiny_run()) != vtrain.checkpoint_key(tiny_run(epochs=3))
 
 
+def test_grey_inputs_are_dequantized_afresh_each_epoch_and_the_rest_unchanged(digits):
+    """binarize none (Gaussian decoder): the step is fed (pixel + u) / 256, u drawn again
+    every epoch from a stateless seed, validation one fixed draw; the Bernoulli inputs are
+    what they were (grey / 255 for dynamic, fixed bits otherwise)."""
+    x = digits[0][:30]
+    flat = x.reshape(30, 784)
+    e1, e2 = (vtrain.train_inputs(x, "none", [2, 0], epoch) for epoch in (1, 2))
+    for y in (e1, e2):
+        np.testing.assert_array_equal(np.floor(y.astype(np.float64) * 256), flat)
+    assert not np.array_equal(e1, e2)
+    np.testing.assert_array_equal(e1, vtrain.train_inputs(x, "none", [2, 0], 1))
+    assert not np.array_equal(e1, vtrain.train_inputs(x, "none", [2, 1], 1))  # train.seed
+    v = vtrain.eval_inputs(x, "none", 3)
+    np.testing.assert_array_equal(v, vtrain.eval_inputs(x, "none", 3))
+    np.testing.assert_array_equal(np.floor(v.astype(np.float64) * 256), flat)
+    np.testing.assert_array_equal(vtrain.train_inputs(x, "dynamic", 2), vdata.to_unit(x))
+    np.testing.assert_array_equal(vtrain.train_inputs(x, "static", 2),
+                                  vdata.binarize(x, "static", 2).astype(np.float32))
+    np.testing.assert_array_equal(vtrain.eval_inputs(x, "dynamic", 3),
+                                  vdata.binarize(x, "static", 3).astype(np.float32))
+
+
+def test_gaussian_training_feeds_each_epoch_its_own_dequantization(digits, monkeypatch):
+    x_train, x_valid = digits[0][:100], digits[1][:50]
+    params = parse_params({
+        "data": {"binarize": "none", "seed": 5},
+        "model": {**TINY_MODEL, "decoder": "gaussian"},
+        "train": {"epochs": 3, "batch_size": 50, "seed": 7},
+        "models": {"g": {"objective": "elbo_analytic", "k": 1}}})
+    fed = []
+    real = vtrain.train_epoch
+
+    def record(step, xs, *args, **kwargs):
+        fed.append(np.asarray(xs))
+        return real(step, xs, *args, **kwargs)
+
+    monkeypatch.setattr(vtrain, "train_epoch", record)
+    result = vtrain.train(params.models["g"], x_train, x_valid, progress=quiet())
+    assert all(np.isfinite(h["valid_bound"]) for h in result.history)
+    assert len(fed) == 3
+    for epoch, xs in enumerate(fed, 1):  # a pure function of (data.seed + 2, train.seed, epoch)
+        np.testing.assert_array_equal(xs, vtrain.train_inputs(x_train, "none", [7, 7], epoch))
+    assert not np.array_equal(fed[0], fed[1]) and not np.array_equal(fed[1], fed[2])
+
+
 # ---------------------------------------------------------------------------------------
 # 2. resume == uninterrupted (in-process)
 

@@ -357,6 +357,39 @@ def to_unit(x: np.ndarray) -> np.ndarray:
     return _flat(x, "to_unit").astype(np.float32) / np.float32(255)
 
 
+# Grey values for a density (Gaussian decoder): dequantized as in the literature (Uria et
+# al. 2013; Theis et al. 2016). A density on the 256 grey levels / 255 themselves can
+# concentrate on them (a pixel that is 0 in every digit) and score an unbounded log-density;
+# on y = (pixel + u) / 256, u ~ Uniform[0, 1) per pixel, it cannot: for any density p,
+# E_u log p(y) - D log 256 <= log P(pixel values) <= 0 (Jensen), so the bound below is an
+# upper bound on -log P of a discrete event, >= 0.
+LEVELS = 256
+
+
+def dequantize(x: np.ndarray, seed) -> np.ndarray:
+    """uint8 grey [N,28,28] -> float32 [N,784] in [0, 1): (pixel + u) / 256 with
+    u ~ Uniform[0, 1) per pixel, drawn from the stateless seed (an int or a sequence of
+    ints: np.random.default_rng(seed)), so a draw is a pure function of it."""
+    flat = _flat(x, "dequantize")
+    u = np.random.default_rng(seed).random(flat.shape, dtype=np.float32)
+    y = (flat.astype(np.float32) + u) / np.float32(LEVELS)
+    # float32 rounds (255 + u) / 256 up to 1.0 for u within 2^-16 of 1: keep [0, 1)
+    return np.minimum(y, np.float32(1.0 - 2.0**-24))
+
+
+def discrete_nll(nll_dequantized: float, pixels: int = PIXELS) -> float:
+    """An NLL in nats of dequantized data y in [0, 1)^D -> the bound in nats on -log P of
+    the 8-bit pixel values (0..255 scale): nll_y + D log 256. >= 0 in expectation for any
+    model (see `dequantize`)."""
+    return float(nll_dequantized) + pixels * float(np.log(LEVELS))
+
+
+def bits_per_dim(nll_dequantized: float, pixels: int = PIXELS) -> float:
+    """An NLL in nats of dequantized data y in [0, 1)^D -> bits per dimension of the 8-bit
+    data: (nll_y + D log 256) / (D log 2). 8 for the uniform density on [0, 1)^D."""
+    return discrete_nll(nll_dequantized, pixels) / (pixels * float(np.log(2.0)))
+
+
 # ----------------------------------------------------------------------------------------
 # the prepare stage and its outputs
 

@@ -1,7 +1,8 @@
 """Measurements on a trained model: the numbers behind each of the article's claims.
 
-All on the fixed binarized test set, with fixed seeds, so every model sees the same bits and
-the same random numbers:
+All on the fixed binarized test set (a Gaussian decoder: one fixed dequantization of the
+grey values, NLL also in bits per dimension), with fixed seeds, so every model sees the same
+bits and the same random numbers:
 - L_k for k in {1, 5, 50, ..., evaluate.k}: the importance-weighted bound (eq. 11) with k
   posterior samples; NLL = -L_5000 as in Burda et al. 2015. All L_k come from ONE set of
   evaluate.k log-weights per example: L_k is the mean of the IWAE bound over the
@@ -23,6 +24,7 @@ import numpy as np
 from keras import ops
 
 from . import backend, models
+from . import data as vdata
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
 from . import objectives
@@ -71,11 +73,13 @@ class Loaded:
         return cache[key]
 
 
-def test_inputs(test: dict, kind: str) -> np.ndarray:
-    """The evaluation data, float32 [N, 784]: the fixed bits `xb`, or grey values for a
-    Gaussian decoder."""
+def test_inputs(test: dict, kind: str, seed: int = 0) -> np.ndarray:
+    """The evaluation data, float32 [N, 784]: the fixed bits `xb`, or for a Gaussian decoder
+    the grey values dequantized, (pixel + u) / 256 (`data.dequantize`), by one fixed draw of
+    u from `seed` (the same for every model): its NLL is in nats of that density on [0, 1)^784,
+    `bits_per_dim` converts it to the 8-bit data."""
     if kind == "gaussian":
-        return test["x"].reshape(len(test["x"]), -1).astype(np.float32) / 255.0
+        return vdata.dequantize(test["x"], seed)
     return test["xb"].astype(np.float32)
 
 
@@ -277,20 +281,23 @@ def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
 
     The loss and NLL = -L_K are both upper bounds on -log p(x) in expectation; only one
     that is tighter than the loss's by construction can test it: L_K with K >= the model's
-    k from the same sampler (L_k grows with k). For posterior-trained models that is the
-    NLL; for eq. (7) (prior sampling) it is the prior-sampling estimate at the largest k,
-    or the NLL if that is lower. `nll_ref_by` says which, "" when evaluate.k is below the
-    model's k and no such estimate exists. `loss_se`, `nll_ref_se`: standard errors of the
-    two means over the test digits, measured from the log-weights' spread (`mean_se`)."""
+    k from the same sampler (L_k grows with k). Which one is fixed by the model's objective
+    alone, never by comparing the two estimates' values (the better of two stochastic
+    bounds is no bound): for posterior-trained models the NLL (posterior sampling, L_K with
+    K = evaluate.k); for eq. (7) (prior_mc) the prior-sampling estimate at the largest k.
+    `nll_ref_by` says which, "" when that sampler has fewer than the model's k samples and
+    the comparison cannot be made. `loss_se`, `nll_ref_se`: standard errors of the two
+    means over the test digits, measured from the log-weights' spread (`mean_se`)."""
     k = int(m.info["k"])
     if m.info["objective"] == "prior_mc":
         loss_se = mean_se(prior_lw, k, shared=True)
-        if len(prior_lw) >= k and nll_prior <= nll:
-            return {"nll_ref": nll_prior, "nll_ref_se": tightest_se(prior_lw, shared=True),
-                    "loss_se": loss_se, "_nll_ref_by": f"prior sampling, k={len(prior_lw)}"}
-    else:
-        # eq. (4)'s own bound has an analytic KL; one log-weight's spread bounds its noise
-        loss_se = mean_se(log_w, k)
+        if len(prior_lw) < k:
+            return {"nll_ref": nll_prior, "nll_ref_se": float("nan"), "loss_se": loss_se,
+                    "_nll_ref_by": ""}
+        return {"nll_ref": nll_prior, "nll_ref_se": tightest_se(prior_lw, shared=True),
+                "loss_se": loss_se, "_nll_ref_by": f"prior sampling, k={len(prior_lw)}"}
+    # eq. (4)'s own bound has an analytic KL; one log-weight's spread bounds its noise
+    loss_se = mean_se(log_w, k)
     if len(log_w) < k:
         return {"nll_ref": nll, "nll_ref_se": float("nan"), "loss_se": loss_se,
                 "_nll_ref_by": ""}
@@ -336,6 +343,11 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         "_posterior_std_active": post["posterior_std_active"],
     }
     out["loss_minus_nll"] = -out["own_bound"] - nll
+    if m.kind == "gaussian":
+        # x is dequantized grey (test_inputs): the NLL as a bound on -log P of the 8-bit
+        # values, in nats and in bits per dimension (log 256 per pixel added back)
+        out["nll_discrete"] = vdata.discrete_nll(nll, x.shape[1])
+        out["bits_per_dim"] = vdata.bits_per_dim(nll, x.shape[1])
     snr_x = x[:min(100, len(x))]
     for k in cfg.snr_k:
         s = timed(f"snr_k{k}", gradient_snr, m, snr_x, k, cfg.snr_repeats, cfg.seed)

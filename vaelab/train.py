@@ -1,7 +1,8 @@
 """Training: one compiled step, an epoch loop, checkpoints that make a killed run resumable.
 
 Randomness is stateless: the step's seed is (train.seed, global step), and the epoch's
-shuffle is seeded by (train.seed, epoch). A run is therefore a pure function of its config,
+shuffle is seeded by (train.seed, epoch), as is the dequantization noise of grey values
+(with data.seed). A run is therefore a pure function of its config,
 which is what makes it deterministic on the CPU and lets a resumed run end with the very
 same weights as one that was never interrupted, on either Keras backend: only the compiled
 step differs (TF: tf.function + GradientTape; JAX: jax.jit + jax.value_and_grad + the
@@ -64,19 +65,25 @@ class TrainResult:
     valid_seconds: float = 0.0  # per-epoch validation of this process (not in `seconds`)
 
 
-def train_inputs(x: np.ndarray, binarize: str, seed: int) -> np.ndarray:
-    """What the step is fed, float32 [N, 784]: pixel probabilities for `dynamic` (the step
-    draws a fresh binarization), a fixed binarization for static/threshold, grey for none."""
-    if binarize == "dynamic" or binarize == "none":
+def train_inputs(x: np.ndarray, binarize: str, seed, epoch: int = 1) -> np.ndarray:
+    """What the step is fed in `epoch`, float32 [N, 784]: pixel probabilities for `dynamic`
+    (the step draws a fresh binarization), a fixed binarization for static/threshold, and
+    for none (Gaussian decoder) grey values dequantized, (pixel + u) / 256 with u drawn
+    afresh every epoch from the stateless seed (seed, epoch) (`vdata.dequantize`): every
+    batch sees noise no earlier batch saw, and a resumed run the same noise as an unbroken
+    one. `seed` is an int, or for none a sequence of ints."""
+    if binarize == "none":
+        return vdata.dequantize(x, [*np.atleast_1d(seed).tolist(), epoch])
+    if binarize == "dynamic":
         return vdata.to_unit(x)
     return vdata.binarize(x, binarize, seed).astype(np.float32)
 
 
 def eval_inputs(x: np.ndarray, binarize: str, seed: int) -> np.ndarray:
     """A fixed evaluation set, float32 [N, 784]: one seeded draw, so numbers are comparable
-    epoch to epoch and model to model."""
+    epoch to epoch and model to model (for none: one fixed dequantization)."""
     if binarize == "none":
-        return vdata.to_unit(x)
+        return vdata.dequantize(x, seed)
     mode = "threshold" if binarize == "threshold" else "static"
     return vdata.binarize(x, mode, seed).astype(np.float32)
 
@@ -473,7 +480,12 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     eval_fn = make_eval(model, t.jit)
     shared_fn = make_valid_bounds(model, t.valid_k, t.jit)
 
-    xs = train_inputs(x_train, run.data.binarize, run.data.seed + 2)
+    # grey values (binarize none) are dequantized afresh every epoch, seeded by the data
+    # seed, the training seed (a seed sweep redraws it, as it does a dynamic binarization)
+    # and the epoch; every other input is one array for the whole run
+    redraw = run.data.binarize == "none"
+    in_seed = [run.data.seed + 2, t.seed] if redraw else run.data.seed + 2
+    xs = train_inputs(x_train, run.data.binarize, in_seed)
     xv = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
     n, bs = len(xs), t.batch_size
     xs_t = ops.convert_to_tensor(xs)  # [N, 784], on the device once; batches are gathered there
@@ -491,6 +503,8 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     for epoch in range(start_epoch + 1, t.epochs + 1):
         tic = time.perf_counter()
         order = np.random.default_rng([t.seed, epoch]).permutation(n)
+        if redraw and epoch > 1:  # epoch 1's draw is xs_t already
+            xs_t = ops.convert_to_tensor(train_inputs(x_train, "none", in_seed, epoch))
         sums, bad = train_epoch(step, xs_t, order, bs, t.seed, (epoch - 1) * steps_per_epoch,
                                 t.steps_per_execution)
         model.write_back()
