@@ -1,4 +1,5 @@
 """DVC stage `train@<name>`: train one entry of `models:` and log it as one MLflow run."""
+import json
 import sys
 from pathlib import Path
 
@@ -63,15 +64,30 @@ def main():
     x_valid = data.load_prepared(args.data, "valid")["x"]
 
     check_memory(run)
+    init_weights, init_info = None, {}
+    if run.init_from:  # objective switching: start from another model's trained weights
+        source = out.parent / run.init_from
+        encoder, decoder, _ = models.load(source)
+        init_weights = (encoder.get_weights(), decoder.get_weights())
+        init_info = {"init_from": run.init_from}
+        source_metrics = metrics_path.parent / f"{run.init_from}.json"
+        if source_metrics.exists():  # its final validation L_k, for the record
+            init_info["init_from_valid_Lk"] = json.loads(source_metrics.read_text()).get("valid_Lk")
     ckpt = tracking.repo_root() / ".checkpoints" / f"{train.checkpoint_key(run)}.npz"
     fingerprint = train.fingerprint(code_files(), Path(args.data))
+    if run.init_from:  # a checkpoint made from other source weights is discarded
+        for f in ("encoder.keras", "decoder.keras"):
+            fingerprint["data"][f"{run.init_from}/{f}"] = io.file_sha256(out.parent / run.init_from / f)
     meta = train.open_checkpoint(ckpt, fingerprint, say=lambda line: print(f"train@{name}: {line}"))
     resume_id = meta.get("mlflow_run_id") if meta else None
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
-          f"{len(x_train)} digits" + (f", resuming after epoch {meta['epoch']}" if meta else ""))
+          f"{len(x_train)} digits" + (f", from {run.init_from}'s weights" if run.init_from else "")
+          + (f", resuming after epoch {meta['epoch']}" if meta else ""))
 
     extra = {"objective": run.objective, "k": run.k, "vaelab.backend": backend.NAME,
              "vaelab.device": ", ".join(backend.devices())}
+    if run.init_from:
+        extra["vaelab.init_from"] = run.init_from
     if run.train.epochs < report.DEFAULT_BUDGET["train.epochs"]:
         extra["vaelab.budget"] = (f"indicative: {run.train.epochs} of "
                                   f"{report.DEFAULT_BUDGET['train.epochs']} epochs")
@@ -94,7 +110,8 @@ def main():
         try:
             result = train.train(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
                                  checkpoint_extra={"mlflow_run_id": log.run_id,
-                                                   "fingerprint": fingerprint})
+                                                   "fingerprint": fingerprint},
+                                 init_weights=init_weights)
         except Exception as e:
             if not isinstance(e, MemoryError) and type(e).__name__ != "ResourceExhaustedError":
                 raise
@@ -106,9 +123,14 @@ def main():
             for logs in result.history[:result.resumed_from]:
                 on_epoch(logs)
 
-        final = result.history[-1]
+        # the epoch whose weights are saved: the last, or the best with train.restore_best
+        final = result.kept
+        stopping = {"epochs_trained": result.epochs_trained,
+                    "stopped_early": result.stopped_early}
+        if result.best_epoch is not None:
+            stopping.update(best_epoch=result.best_epoch, restored_best=result.restored_best)
         every = max(1, len(result.history) // 10)
-        info = {"name": name, **run.as_flat_dict(), "epochs_trained": final["epoch"],
+        info = {"name": name, **run.as_flat_dict(), **stopping, **init_info,
                 "train_seconds": sum(h["seconds"] for h in result.history),
                 # how the posterior narrowed, for the report: [epoch, median std] pairs
                 "posterior_std_by_epoch": [[e, v] for e, v in {  # each epoch once
@@ -118,8 +140,11 @@ def main():
             models.save(tmp, result.encoder, result.decoder, info)
             io.write_json(tmp / "mlflow.json", log.describe())
         summary = {k: v for k, v in final.items() if k.startswith(("train_", "valid_"))}
-        summary.update(epochs=final["epoch"], seconds=sum(h["seconds"] for h in result.history),
+        summary.update(epochs=result.epochs_trained,
+                       seconds=sum(h["seconds"] for h in result.history),
                        samples_per_s=result.samples_per_s)
+        if run.train.patience is not None or run.train.restore_best:  # default runs: as before
+            summary.update({k: v for k, v in stopping.items() if k != "epochs_trained"})
         io.write_json(metrics_path, summary)
         columns = list(result.history[0])
         io.write_text(curve_path, ",".join(columns) + "\n" + "".join(

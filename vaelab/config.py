@@ -26,6 +26,9 @@ OBJECTIVES = tuple(registry.OBJECTIVES)
 ESTIMATORS = tuple(registry.ESTIMATORS)
 PRECISIONS = ("float32", "mixed_bfloat16")
 BACKENDS = ("tensorflow", "jax")  # Keras backends; TFP's substrate follows (vaelab.backend)
+SCHEDULES = ("constant", "burda")
+# what an `init_from` source must share with the model it initialises (same weight shapes)
+ARCHITECTURE = ("latent", "hidden", "activation", "decoder", "decoder_scale")
 
 
 class UserError(Exception):
@@ -59,8 +62,15 @@ class ModelConfig:
     precision: str = "float32"
 
 
+def burda_stages(n: int) -> list[tuple[int, float]]:
+    """Burda et al. 2015's schedule: stage i = 0..n-1 runs 3^i passes at learning rate
+    10^(-i/7) times the base rate (0.001 in the paper). [(passes, factor)] per stage."""
+    return [(3 ** i, 10 ** (-i / 7)) for i in range(n)]
+
+
 @dataclass(frozen=True)
 class TrainConfig:
+    # with schedule burda: null = the whole schedule (sum of 3^i), or fewer to truncate it
     epochs: int = 100
     batch_size: int = 100
     learning_rate: float = 1e-3
@@ -73,6 +83,26 @@ class TrainConfig:
     # k of the validation L_k logged every epoch for every model (next to the ELBO, L_1):
     # one quantity that means the same whatever a model's own objective, so curves overlay
     valid_k: int = 50
+    # constant: learning_rate throughout; burda: stage i of schedule_stages runs 3^i epochs
+    # at learning_rate * 10^(-i/7) (Burda et al. 2015; `burda_stages`)
+    schedule: str = "constant"
+    schedule_stages: int = 8
+    # early stopping on the validation L_<valid_k>: stop once it has not improved for
+    # `patience` epochs (null: never); restore_best: end with the best epoch's weights
+    patience: int | None = None
+    restore_best: bool = False
+
+    def learning_rate_at(self, epoch: int) -> float:
+        """The learning rate of epoch `epoch` (1-based): a pure function of the epoch, so a
+        resumed run continues the schedule where it was."""
+        if self.schedule == "constant":
+            return self.learning_rate
+        end = 0
+        for passes, factor in burda_stages(self.schedule_stages):
+            end += passes
+            if epoch <= end:
+                return self.learning_rate * factor
+        raise ValueError(f"epoch {epoch} is past the schedule's {end} epochs")
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,9 @@ class RunConfig:
     m: int = 1  # miwae, piwae: groups of k samples (vaelab.registry)
     beta: float = 0.5  # ciwae: weight of the ELBO
     estimator: str = "standard"  # encoder gradient estimator of IWAE-type objectives
+    # objective switching: the model (a `models:` entry) whose trained weights this one
+    # starts from; set in the `switched:` section only
+    init_from: str | None = None
 
     @property
     def spec(self) -> registry.ObjectiveSpec:
@@ -109,6 +142,8 @@ class RunConfig:
         """Flat `section.key` view, for MLflow params and model.json."""
         out: dict[str, Any] = {"name": self.name, "objective": self.objective, "k": self.k,
                                **self.options()}
+        if self.init_from is not None:
+            out["init_from"] = self.init_from
         for section in ("data", "model", "train"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
@@ -262,6 +297,15 @@ def _model(c: _Checker, raw: dict, key: str) -> ModelConfig:
 def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     c.known_keys(raw, _fields(TrainConfig), key)
     t = dataclasses.replace(TrainConfig(), **raw)
+    c.choice(t.schedule, f"{key}.schedule", SCHEDULES)
+    c.integer(t.schedule_stages, f"{key}.schedule_stages", low=1)
+    if t.schedule == "burda":
+        total = sum(p for p, _ in burda_stages(t.schedule_stages))
+        if t.epochs is None:
+            t = dataclasses.replace(t, epochs=total)
+        elif c.integer(t.epochs, f"{key}.epochs", low=1) > total:
+            c.fail(f"{key}.epochs", f"must be null (the whole schedule) or at most {total} "
+                   f"with schedule burda and {t.schedule_stages} stages (sum of 3^i)", t.epochs)
     c.integer(t.epochs, f"{key}.epochs", low=1)
     c.integer(t.batch_size, f"{key}.batch_size", low=1)
     lr = c.number(t.learning_rate, f"{key}.learning_rate")
@@ -271,16 +315,20 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     c.boolean(t.jit, f"{key}.jit")
     c.choice(t.backend, f"{key}.backend", BACKENDS)
     c.integer(t.valid_k, f"{key}.valid_k", low=1)
+    if t.patience is not None:
+        c.integer(t.patience, f"{key}.patience", low=1)
+    c.boolean(t.restore_best, f"{key}.restore_best")
     return dataclasses.replace(t, learning_rate=lr)
 
 
 def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
-         train_raw: dict) -> RunConfig:
-    key = f"models.{name}"
+         train_raw: dict, section: str = "models") -> RunConfig:
+    key = f"{section}.{name}"
     raw = c.mapping(raw, key)
     model_keys, train_keys = _fields(ModelConfig), _fields(TrainConfig)
     hparams = ("m", "beta", "estimator")
-    c.known_keys(raw, ("objective", "k") + hparams + model_keys + train_keys, key)
+    extra = ("init_from",) if section == "switched" else ()
+    c.known_keys(raw, ("objective", "k") + hparams + extra + model_keys + train_keys, key)
     if "objective" not in raw:
         c.fail(f"{key}.objective", f"is required; one of {', '.join(OBJECTIVES)}")
     objective = c.choice(raw["objective"], f"{key}.objective", OBJECTIVES)
@@ -317,7 +365,29 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
     if model.decoder == "bernoulli" and data.binarize == "none":
         c.fail("data.binarize", f"none needs decoder: gaussian ({key} uses bernoulli)", "none")
     return RunConfig(name=name, objective=objective, k=k, data=data, model=model, train=train,
-                     m=m, beta=beta, estimator=estimator)
+                     m=m, beta=beta, estimator=estimator, init_from=raw.get("init_from"))
+
+
+def _check_switched(c: _Checker, models: dict[str, RunConfig], switched: tuple) -> None:
+    """Every `init_from` names another model, none in a cycle, of the same architecture."""
+    for name in switched:
+        key, source = f"switched.{name}.init_from", models[name].init_from
+        if not isinstance(source, str) or source not in models:
+            what = "is required: the model to start from" if source is None else "names no model"
+            c.fail(key, f"{what}; defined: {', '.join(n for n in models if n != name)}", source)
+        if source == name:
+            c.fail(key, "must name another model, not the model itself", source)
+        seen, at = [name], source
+        while at is not None:
+            if at in seen:
+                c.fail(key, "makes a cycle: " + " -> ".join(seen + [at]), source)
+            seen.append(at)
+            at = models[at].init_from
+        a, b = models[name].model, models[source].model
+        for field in ARCHITECTURE:
+            if getattr(a, field) != getattr(b, field):
+                c.fail(key, f"{source} has model.{field} {getattr(b, field)!r}, {name} "
+                       f"{getattr(a, field)!r}: the architectures must match", source)
 
 
 def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
@@ -347,7 +417,7 @@ def clipped_prior_k(e: EvaluateConfig) -> tuple[int, ...]:
 def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     c = _Checker(file)
     raw = c.mapping(raw, "(top level)")
-    sections = ("data", "model", "train", "models", "evaluate", "sample", "mlflow")
+    sections = ("data", "model", "train", "models", "switched", "evaluate", "sample", "mlflow")
     c.known_keys(raw, sections, "")
     data = _data(c, c.mapping(raw.get("data"), "data"))
     model_raw = c.mapping(raw.get("model"), "model")
@@ -362,6 +432,14 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
             c.fail(f"models.{name}", "model names may hold letters, digits, '_' and '-' only")
         models[name] = _run(c, name, entry, data, model_raw, train_raw)
+    switched_raw = c.mapping(raw.get("switched"), "switched")
+    for name, entry in switched_raw.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            c.fail(f"switched.{name}", "model names may hold letters, digits, '_' and '-' only")
+        if name in models:
+            c.fail(f"switched.{name}", "is also a models: entry; model names must be unique")
+        models[name] = _run(c, name, entry, data, model_raw, train_raw, section="switched")
+    _check_switched(c, models, tuple(switched_raw))
     evaluate = _evaluate(c, c.mapping(raw.get("evaluate"), "evaluate"))
     sample_raw = c.mapping(raw.get("sample"), "sample")
     c.known_keys(sample_raw, _fields(SampleConfig), "sample")

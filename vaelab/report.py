@@ -25,11 +25,19 @@ BURDA_MNIST = {
 DEFAULT_BUDGET = {"train.epochs": 200, "evaluate.k": 5000, "evaluate.n_test": 500}
 
 
+def budget_epochs(info: dict) -> int:
+    """The epochs a model was given: those it trained, or its train.epochs when early
+    stopping ended it sooner (it stopped because more did not help, not for want of time)."""
+    if info.get("stopped_early"):
+        return int(info["train.epochs"])
+    return int(info.get("epochs_trained", info["train.epochs"]))
+
+
 def budget_shortfalls(infos: dict, cfg, n_test: int) -> list[str]:
     """What falls short of DEFAULT_BUDGET, one phrase each; [] for a full run."""
     out = []
-    short = {n: int(i.get("epochs_trained", i["train.epochs"])) for n, i in infos.items()
-             if int(i.get("epochs_trained", i["train.epochs"])) < DEFAULT_BUDGET["train.epochs"]}
+    short = {n: budget_epochs(i) for n, i in infos.items()
+             if budget_epochs(i) < DEFAULT_BUDGET["train.epochs"]}
     if short:
         out.append(", ".join(f"{n} {e}" for n, e in short.items())
                    + f" of {DEFAULT_BUDGET['train.epochs']} epochs")
@@ -237,6 +245,24 @@ def _f(v, digits=2):
     return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
 
 
+def switched_table(results: dict, infos: dict) -> list[str]:
+    """Objective switching (Burda et al. table 2): per model trained from another's weights,
+    the NLL and active units before (the source model's) and after; [] when there is none."""
+    rows = [(n, infos[n]["init_from"]) for n in results
+            if infos[n].get("init_from") in results]
+    if not rows:
+        return []
+    out = ["", "Objective switching: models trained on from another model's weights "
+           "(before = the source model as evaluated here, after = this model).", "",
+           "| model | objective | from | NLL before | NLL after | active units before "
+           "| active units after |", "|---|---|---|---|---|---|---|"]
+    for n, src in rows:
+        a, b = results[src], results[n]
+        out.append(f"| {n} | {infos[n]['objective']} | {src} | {_f(a['nll'])} | "
+                   f"{_f(b['nll'])} | {a['active_units']} | {b['active_units']} |")
+    return out
+
+
 def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> str:
     """reports/report.md. `context`: data source and sizes, evaluate.k, commands."""
     k = context["k"]
@@ -274,6 +300,7 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
                       f"{n} {_f(results[n]['nll_discrete'])} nats = "
                       f"{_f(results[n]['bits_per_dim'], 3)} bits/dim" for n in grey)
                   + ". Not comparable with the Bernoulli models' NLL of binarized digits."]
+    lines += switched_table(results, infos)
     untrained = _by_objective(infos, "prior_mc")
     if untrained:
         lines += ["", f"{', '.join(untrained)}: eq. (7) trains the decoder only, so the "

@@ -63,6 +63,18 @@ class TrainResult:
     samples_per_s: float = 0.0
     resumed_from: int = 0  # epochs restored from a checkpoint
     valid_seconds: float = 0.0  # per-epoch validation of this process (not in `seconds`)
+    best_epoch: int | None = None  # the best validation L_k's epoch (patience/restore_best)
+    stopped_early: bool = False  # patience ran out before train.epochs
+    restored_best: bool = False  # the networks hold best_epoch's weights, not the last's
+
+    @property
+    def epochs_trained(self) -> int:
+        return self.history[-1]["epoch"] if self.history else 0
+
+    @property
+    def kept(self) -> dict:
+        """The history entry of the epoch whose weights the networks hold."""
+        return self.history[self.best_epoch - 1] if self.restored_best else self.history[-1]
 
 
 def train_inputs(x: np.ndarray, binarize: str, seed, epoch: int = 1) -> np.ndarray:
@@ -360,11 +372,14 @@ def open_checkpoint(path: Path, expected: dict, say: Callable[[str], None] = pri
 
 
 def save_checkpoint(path: Path, model: Model, optimizer, epoch: int, history: list,
-                    extra: dict) -> None:
+                    extra: dict, best: "Best | None" = None) -> None:
     arrays = {f"enc_{i}": w for i, w in enumerate(model.encoder.get_weights())}
     arrays.update({f"dec_{i}": w for i, w in enumerate(model.decoder.get_weights())})
     arrays.update({f"opt_{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
     meta = {"epoch": epoch, "history": history, **extra}
+    if best is not None:  # early stopping's state: a resumed run ends as an uninterrupted one
+        arrays.update({f"best_{i}": w for i, w in enumerate(best.weights or [])})
+        meta["best"] = best.meta()
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -390,15 +405,59 @@ def checkpoint_meta(path: Path) -> dict | None:
         return json.loads(z["meta"].tobytes().decode())
 
 
-def load_checkpoint(path: Path, model: Model, optimizer) -> dict:
+def load_checkpoint(path: Path, model: Model, optimizer, best: "Best | None" = None) -> dict:
     with np.load(path) as z:
+        meta = json.loads(z["meta"].tobytes().decode())
+        if best is not None and "best" in meta:
+            best.restore(meta["best"], [z[f"best_{i}"] for i in range(meta["best"]["n_weights"])])
         n_enc = len(model.encoder.get_weights())
         n_dec = len(model.decoder.get_weights())
         model.encoder.set_weights([z[f"enc_{i}"] for i in range(n_enc)])
         model.decoder.set_weights([z[f"dec_{i}"] for i in range(n_dec)])
         for i, v in enumerate(optimizer.variables):
             v.assign(z[f"opt_{i}"])
-        return json.loads(z["meta"].tobytes().decode())
+        return meta
+
+
+class Best:
+    """Early stopping and restore-best on the validation L_<train.valid_k> (`valid_Lk`): the
+    best value, its epoch, its weights (kept in memory when restore_best), and the epochs
+    since it improved. Saved in every checkpoint, so a resumed run decides as one that
+    was never interrupted."""
+
+    MONITOR = "valid_Lk"
+
+    def __init__(self, patience: int | None, keep_weights: bool):
+        self.patience, self.keep_weights = patience, keep_weights
+        self.value, self.epoch, self.wait = -np.inf, 0, 0
+        self.weights: list[np.ndarray] | None = None
+        self.stopped = False
+
+    def update(self, epoch: int, logs: dict, model: Model) -> bool:
+        """After an epoch; True when training should stop."""
+        value = logs[self.MONITOR]
+        if value > self.value:  # a NaN never improves
+            self.value, self.epoch, self.wait = float(value), epoch, 0
+            if self.keep_weights:
+                self.weights = model.encoder.get_weights() + model.decoder.get_weights()
+        else:
+            self.wait += 1
+        self.stopped = self.patience is not None and self.wait >= self.patience
+        return self.stopped
+
+    def meta(self) -> dict:
+        return {"value": self.value, "epoch": self.epoch, "wait": self.wait,
+                "stopped": self.stopped, "n_weights": len(self.weights or [])}
+
+    def restore(self, meta: dict, weights: list[np.ndarray]) -> None:
+        self.value, self.epoch, self.wait = meta["value"], meta["epoch"], meta["wait"]
+        self.stopped = meta["stopped"]
+        self.weights = weights or None
+
+    def put_back(self, model: Model) -> None:
+        n = len(model.encoder.get_weights())
+        model.encoder.set_weights(self.weights[:n])
+        model.decoder.set_weights(self.weights[n:])
 
 
 # ---------------------------------------------------------------------------------------
@@ -463,17 +522,26 @@ def train_epoch(step, xs, order: np.ndarray, batch_size: int, seed: int,
 def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
           on_epoch: Callable[[dict], None] | None = None,
           checkpoint: Path | None = None, checkpoint_extra: dict | None = None,
-          progress: Progress | None = None) -> TrainResult:
+          progress: Progress | None = None,
+          init_weights: tuple[list, list] | None = None) -> TrainResult:
     """Train one model. x_train, x_valid: uint8 [N, 28, 28] as prepared.
 
     `on_epoch(logs)` is called after every epoch with the epoch number, train and valid
     bound and terms, and seconds. With `checkpoint`, the state is saved there every
     `train.checkpoint_every` epochs and restored from it at start when it exists; the
     caller removes it once the outputs are safely written.
+
+    `init_weights` (encoder weights, decoder weights): start from these instead of a fresh
+    initialisation (objective switching, `init_from`); the optimizer starts fresh.
+    train.schedule sets the learning rate of every epoch (`TrainConfig.learning_rate_at`);
+    train.patience / restore_best: see `Best`.
     """
     t = run.train
     keras.utils.set_random_seed(t.seed)
     model = Model(run)
+    if init_weights is not None:
+        model.encoder.set_weights(init_weights[0])
+        model.decoder.set_weights(init_weights[1])
     optimizer = make_optimizer(model, t.learning_rate)
     dynamic = run.data.binarize == "dynamic"
     step = make_step(model, optimizer, dynamic, t.jit)
@@ -493,14 +561,23 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
 
     history: list[dict] = []
     start_epoch = 0
+    tracking_best = t.patience is not None or t.restore_best
+    best = Best(t.patience, t.restore_best) if tracking_best else None
     if checkpoint is not None and checkpoint.exists():
-        meta = load_checkpoint(checkpoint, model, optimizer)
+        meta = load_checkpoint(checkpoint, model, optimizer, best)
         start_epoch, history = meta["epoch"], meta["history"]
     result = TrainResult(model.encoder, model.decoder, history, resumed_from=start_epoch)
 
     progress = progress or Progress(run.name, t.epochs)
     train_seconds = 0.0
     for epoch in range(start_epoch + 1, t.epochs + 1):
+        if best is not None and best.stopped:  # a checkpoint of a run that stopped early
+            break
+        lr = t.learning_rate_at(epoch)
+        if t.schedule != "constant":
+            # a variable of the optimizer: TF's step reads it; JAX's reads it with the other
+            # slots at its first call after a write-back (every epoch ends with one)
+            optimizer.learning_rate.assign(lr)
         tic = time.perf_counter()
         order = np.random.default_rng([t.seed, epoch]).permutation(n)
         if redraw and epoch > 1:  # epoch 1's draw is xs_t already
@@ -537,16 +614,29 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
         valid.update(evaluate_bound(shared_fn, xv, seed=20_000 + t.seed))
         result.valid_seconds += time.perf_counter() - tic
         logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
+        if t.schedule != "constant":
+            logs["learning_rate"] = lr
         logs.update({f"train_{name}": v / n for name, v in sums.items()})
         logs.update({f"valid_{name}": v for name, v in valid.items()})
         history.append(logs)
+        stop = best.update(epoch, logs, model) if best is not None else False
         progress.epoch(logs)
         if on_epoch:
             on_epoch(logs)
-        if checkpoint is not None and (epoch % t.checkpoint_every == 0 or epoch == t.epochs):
-            save_checkpoint(checkpoint, model, optimizer, epoch, history, checkpoint_extra or {})
+        if checkpoint is not None and (epoch % t.checkpoint_every == 0 or epoch == t.epochs
+                                       or stop):
+            save_checkpoint(checkpoint, model, optimizer, epoch, history, checkpoint_extra or {},
+                            best)
+        if stop:
+            break
 
-    trained = t.epochs - start_epoch
+    if best is not None:
+        result.best_epoch = best.epoch or None
+        result.stopped_early = best.stopped and result.epochs_trained < t.epochs
+        if t.restore_best and best.weights is not None:
+            best.put_back(model)
+            result.restored_best = True
+    trained = result.epochs_trained - start_epoch
     result.seconds = train_seconds
     result.samples_per_s = n * trained / train_seconds if train_seconds else 0.0
     return result
