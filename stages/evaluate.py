@@ -8,9 +8,9 @@ from pathlib import Path
 
 from vaelab import cli
 from vaelab.config import clipped_prior_k, load_params
+from vaelab.cost import check_cost, evaluate_cost
 from vaelab.quiet import use_backend
 
-from stages.check import check_cost, evaluate_cost
 
 
 @contextmanager

@@ -309,7 +309,7 @@ def test_huge_hidden_layers_are_refused_naming_model_hidden():
 
 def test_absurd_evaluate_k_is_refused_and_a_slow_one_warned(monkeypatch, capsys):
     """Refused by `check` (before any training) and again by evaluate; warned in evaluate."""
-    from stages import check
+    from vaelab import cost as check
 
     monkeypatch.setattr(cli, "available_bytes", lambda: 16 * 2**30)
     raw = {"models": {n: {"objective": "elbo_analytic"} for n in ("a", "b", "c", "d")}}
