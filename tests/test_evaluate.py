@@ -409,4 +409,4 @@ def test_claim_7_the_fixes_keep_the_encoder():
     assert c.verdict == report.UNMEASURED and "dvc exp run" in c.evidence
     del results["piwae"], infos["piwae"]
     c = report.claim_7(results, infos, 0.83)
-    assert c.verdict == report.UNMEASURED and "-S 'models.miwae={objective: miwae" in c.evidence
+    assert c.verdict == report.UNMEASURED and "-S '++models.miwae={objective: miwae" in c.evidence

@@ -25,6 +25,7 @@ TINY = {
                "iwae": {"objective": "iwae", "k": 3},
                "prior": {"objective": "prior_mc", "k": 3, "epochs": 1}},
     "evaluate": {"k": 20, "n_test": 40, "chunk": 10, "snr_k": [1, 5], "snr_repeats": 3,
+                 "snr_digits": 2,
                  "elbo_draws": 10, "prior_k": [1, 10]},
     "sample": {"n": 4},
 }

@@ -231,9 +231,12 @@ def claim_5(results, infos, snr_k) -> Claim:
     return Claim(5, title, rule, ev, HOLDS if gap_ok and enc_ok and dec_ok else FAILS)
 
 
-FIX_RUN = ("dvc exp run -S 'models.iwae={objective: iwae, k: 50}' "
-           "-S 'models.miwae={objective: miwae, k: 10, m: 5}' "
-           "-S 'models.iwae_dreg={objective: iwae, k: 50, estimator: dreg}'")
+# `++` adds a models: entry or overrides it (DVC 3.67's -S is Hydra's override syntax: a
+# plain key that params.yaml lacks is refused)
+FIX_RUN = ("dvc exp run -S '++models.iwae={objective: iwae, k: 50}' "
+           "-S '++models.miwae={objective: miwae, k: 10, m: 5}' "
+           "-S '++models.piwae={objective: piwae, k: 10, m: 5}' "
+           "-S '++models.iwae_dreg={objective: iwae, k: 50, estimator: dreg}'")
 
 
 def _fixes(infos: dict) -> list[str]:
