@@ -85,7 +85,9 @@ def main():
     with io.atomic_dir(args.report) as out:
         figs = write_figures(out / "figures", loaded, results, test, params, ref)
         context = {"k": cfg.k, "source": params.data.source, "n_train": n_train,
-                   "n_test": n_test, "snr_k": cfg.snr_k, "indicative": budget,
+                   "n_test": n_test, "snr_k": cfg.snr_k, "snr_estimators": cfg.snr_estimators,
+                   "snr_digits": cfg.snr_digits, "snr_repeats": cfg.snr_repeats,
+                   "indicative": budget,
                    "prior_vs_posterior": (ref, results[ref]["_prior_vs_posterior"]),
                    "figures": figs}
         io.write_text(out / "report.md", report.render(results, infos, claims, context))
@@ -133,11 +135,9 @@ def write_figures(folder, loaded, results, test, params, ref):
     figures.histograms(folder / "posterior_std.png",
                        {name: r["_posterior_std_active"] for name, r in results.items()},
                        "std of q(z|x) on active units", "Posterior width (prior std = 1)")
-    snr_k = params.evaluate.snr_k
-    figures.lines_vs_k(folder / "snr.png",
-                       {f"{name} {part}": {k: r[f"snr_{part}_k{k}"] for k in snr_k}
-                        for name, r in results.items() for part in ("encoder", "decoder")},
-                       "mean gradient SNR", "Gradient SNR of the IWAE_k estimator", logy=True)
+    figures.snr_vs_k(folder / "snr.png", {name: r["_snr"] for name, r in results.items()},
+                     "Per-parameter gradient SNR of the IWAE-k gradient of one digit "
+                     "(median over parameters)")
     pvp = results[ref]["_prior_vs_posterior"]
     figures.lines_vs_k(folder / "prior_vs_posterior.png",
                        {"prior sampling, eq. (7)": {k: v[0] for k, v in pvp.items()},
@@ -146,7 +146,7 @@ def write_figures(folder, loaded, results, test, params, ref):
     return [("Samples from each model", "samples.png"),
             ("Reconstructions (posterior mean)", "reconstructions.png"),
             ("Posterior width on active units", "posterior_std.png"),
-            ("Gradient signal-to-noise ratio vs k", "snr.png"),
+            ("Gradient signal-to-noise ratio vs k (median per parameter, log-log)", "snr.png"),
             (f"log p(x) by prior vs posterior sampling ({ref})", "prior_vs_posterior.png")]
 
 

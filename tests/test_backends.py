@@ -137,7 +137,8 @@ def test_maths_and_training_tests_pass_on_jax():
     run again in a process on JAX. float64 tests need JAX's x64 mode."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_objectives.py", "tests/test_estimators.py", "tests/test_models.py",
+         "tests/test_objectives.py", "tests/test_estimators.py", "tests/test_snr.py",
+         "tests/test_models.py",
          "tests/test_train.py",
          "-k", "not killed_stage and not diverging_stage and not params_mistake "
                "and not atomic and not read_only and not prepared"],

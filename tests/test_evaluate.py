@@ -49,15 +49,6 @@ def test_posterior_stats_sees_dead_dimensions_of_a_real_encoder():
     assert stats["posterior_std_active"].size == 300 * 2
 
 
-def test_snr_of_a_toy_estimator_with_known_mean_and_std():
-    rng = np.random.default_rng(1)
-    mean = np.array([2.0, -1.0, 0.5, 0.0])
-    std = np.array([1.0, 4.0, 0.1, 1.0])
-    draws = rng.normal(mean, std, size=(20000, 4))
-    s = evaluate.snr(draws.sum(0), (draws**2).sum(0), len(draws))
-    np.testing.assert_allclose(s, np.abs(mean) / std, atol=0.03)
-
-
 def test_l_k_rises_with_k_towards_the_log_mean_weight():
     # log w ~ N(0, 1): E[w] = e^{1/2}, so log p(x) = 0.5 and L_k -> 0.5 from below.
     log_w = np.random.default_rng(2).normal(0.0, 1.0, size=(10000, 50)).astype(np.float32)
@@ -115,11 +106,13 @@ def test_prior_log_likelihoods_share_samples_and_shape():
 def test_evaluate_model_returns_every_metric():
     m = loaded()
     cfg = EvaluateConfig(k=20, n_test=10, chunk=10, batch_size=5, snr_k=(1, 5), snr_repeats=3,
-                         elbo_draws=5, prior_k=(1, 10))
+                         snr_digits=2, snr_estimators=("standard", "dreg"), elbo_draws=5,
+                         prior_k=(1, 10))
     r = evaluate.evaluate_model(m, binary(12), cfg)
     for key in ("nll", "elbo", "L_1", "L_5", "L_20", "own_bound", "rate", "distortion",
                 "active_units", "posterior_std_median", "elbo_std_one_sample", "gap_elbo_nll",
-                "snr_encoder_k1", "snr_decoder_k5", "logpx_prior_k10", "eval_images_per_s"):
+                "snr_standard_encoder_k1_median", "snr_dreg_decoder_k5_share_dropped",
+                "snr_standard_encoder_slope", "logpx_prior_k10", "eval_images_per_s"):
         assert key in r, key
     assert r["elbo"] <= -r["nll"] + 1e-3
     assert r["L_1"] <= r["L_5"] + 1e-3
@@ -133,18 +126,25 @@ def fake_results():
             "gap_elbo_nll": 6.0, "elbo_std_one_sample": 2.0, "active_units": 15,
             "posterior_std_median": 0.05, "posterior_std_q1": 0.03, "posterior_std_q3": 0.08,
             "eval_images_per_s": 70.0, "loss_minus_nll": 6.0,
-            "snr_encoder_k1": 1.0, "snr_encoder_k5": 0.8, "snr_encoder_k50": 0.5,
-            "snr_decoder_k1": 3.0, "snr_decoder_k5": 4.0, "snr_decoder_k50": 6.0,
+            "snr_standard_encoder_k1_median": 1.0, "snr_standard_encoder_k5_median": 0.8,
+            "snr_standard_encoder_k50_median": 0.5, "snr_standard_decoder_k1_median": 3.0,
+            "snr_standard_decoder_k5_median": 4.0, "snr_standard_decoder_k50_median": 6.0,
+            "snr_standard_encoder_slope": -0.18, "snr_standard_decoder_slope": 0.18,
             "_prior_vs_posterior": {1: (-300.0, -106.0), 5000: (-150.0, -100.0)}}
-    results = {n: copy.deepcopy(base) for n in ("vae", "vae_mc", "iwae", "prior")}
+    results = {n: copy.deepcopy(base) for n in ("vae", "vae_mc", "iwae", "prior", "piwae")}
     results["vae_mc"]["nll"] = 100.5
     results["iwae"].update(nll=97.0, gap_elbo_nll=9.0, active_units=18, own_bound=-99.0,
                            loss_minus_nll=2.0)
     results["prior"].update(nll=140.0, own_bound=-150.0, loss_minus_nll=10.0)
+    # a fix (claim 7): 5 x 10 = 50 samples per digit like iwae, a smaller gap, NLL 0.2 worse
+    results["piwae"].update(nll=97.2, gap_elbo_nll=7.0, active_units=18, own_bound=-99.0,
+                            loss_minus_nll=1.8)
     for r in results.values():
         r.update(nll_ref=r["nll"], loss_se=0.1, nll_ref_se=0.05, _nll_ref_by="NLL, L_5000")
     infos = {"vae": {"objective": "elbo_analytic", "k": 1}, "vae_mc": {"objective": "elbo_mc", "k": 1},
-             "iwae": {"objective": "iwae", "k": 50}, "prior": {"objective": "prior_mc", "k": 50}}
+             "iwae": {"objective": "iwae", "k": 50, "estimator": "standard"},
+             "prior": {"objective": "prior_mc", "k": 50},
+             "piwae": {"objective": "piwae", "k": 10, "m": 5, "estimator": "standard"}}
     return results, infos
 
 
@@ -154,6 +154,7 @@ def verdicts(results, infos):
 
 def test_every_claim_holds_on_numbers_that_show_it():
     assert set(verdicts(*fake_results()).values()) == {report.HOLDS}
+    assert len(verdicts(*fake_results())) == 7
 
 
 @pytest.mark.parametrize("claim,change", [
@@ -161,13 +162,15 @@ def test_every_claim_holds_on_numbers_that_show_it():
     (2, lambda r: r["prior"].update(nll=101.0)),
     (3, lambda r: r["vae"].update(posterior_std_median=0.9)),
     (4, lambda r: r["iwae"].update(nll=101.0, own_bound=-103.0)),
-    (5, lambda r: r["iwae"].update(snr_encoder_k50=2.0)),
+    (5, lambda r: r["iwae"].update(snr_standard_encoder_k50_median=2.0)),
     (6, lambda r: r["iwae"].update(own_bound=-90.0)),
+    (7, lambda r: r["piwae"].update(gap_elbo_nll=9.5)),  # the gap no smaller than IWAE's
+    (7, lambda r: r["piwae"].update(nll=99.0, own_bound=-100.3)),  # NLL 2.0 > 2 x 0.83 worse
 ])
 def test_a_verdict_flips_when_its_numbers_do(claim, change):
     results, infos = fake_results()
     change(results)
-    v = verdicts(results, infos)
+    v = {c.number: c.verdict for c in report.all_claims(results, infos, (1, 5, 50), 0.83)}
     assert v[claim] == report.FAILS
     assert all(verdict == report.HOLDS for n, verdict in v.items() if n != claim)
 
@@ -276,6 +279,10 @@ def test_report_renders_every_claim_and_table():
     for c in claims:
         assert f"### {c.number}. {c.title}: **{c.verdict}**" in text
     assert "| iwae | iwae | 50 |" in text and "86.76" in text and "figures/samples.png" in text
+    assert "| piwae | piwae | 10 | m=5 | standard |" in text
+    # the per-parameter SNR table: median [quartiles] per k, slope next to the theory
+    assert "| iwae | standard | encoder | 1 [-, -] | 0.8 [-, -] | 0.5 [-, -] |" in text
+    assert "| -0.18 | -0.5 |" in text
     assert "bits/dim" not in text  # no Gaussian decoder here
     results["vae"].update(nll_discrete=1500.0, bits_per_dim=2.76)
     assert "vae 1500.00 nats = 2.760 bits/dim" in report.render(
@@ -378,3 +385,28 @@ def test_gaussian_decoder_trains_and_evaluates_on_grey_values():
     assert r["bits_per_dim"] == pytest.approx(r["nll_discrete"] / (784 * np.log(2)))
     assert r["bits_per_dim"] >= 0
     assert "bits_per_dim" in report.summary({"g": r}, {"g": {}})["g"]
+
+
+def test_claim_7_the_fixes_keep_the_encoder():
+    """Fixes are found by the registry's family, compared with the plain IWAE at the same
+    number of samples per digit; none trained, or none comparable: NOT MEASURED, with the
+    command that would measure it."""
+    results, infos = fake_results()
+    c = report.claim_7(results, infos, 0.83)
+    assert c.verdict == report.HOLDS and "piwae vs iwae" in c.evidence and "1.66" in c.rule
+    # a DReG-trained IWAE is a fix too (same objective, another estimator)
+    results["dreg"] = copy.deepcopy(results["iwae"])
+    results["dreg"].update(gap_elbo_nll=6.5, nll=96.9)
+    infos["dreg"] = {"objective": "iwae", "k": 50, "estimator": "dreg"}
+    assert "dreg vs iwae" in report.claim_7(results, infos, 0.83).evidence
+    results["dreg"].update(nll=99.0)  # 2 nats worse than IWAE: more than 2 x 0.83
+    assert report.claim_7(results, infos, 0.83).verdict == report.FAILS
+    assert report.claim_7(results, infos, None).rule.count("1.00 nats") == 1  # unset: 1 nat
+    # not comparable: another number of samples per digit
+    del results["dreg"], infos["dreg"]
+    infos["piwae"]["m"] = 2
+    c = report.claim_7(results, infos, 0.83)
+    assert c.verdict == report.UNMEASURED and "dvc exp run" in c.evidence
+    del results["piwae"], infos["piwae"]
+    c = report.claim_7(results, infos, 0.83)
+    assert c.verdict == report.UNMEASURED and "-S '++models.miwae={objective: miwae" in c.evidence

@@ -25,6 +25,7 @@ TINY = {
                "iwae": {"objective": "iwae", "k": 3},
                "prior": {"objective": "prior_mc", "k": 3, "epochs": 1}},
     "evaluate": {"k": 20, "n_test": 40, "chunk": 10, "snr_k": [1, 5], "snr_repeats": 3,
+                 "snr_digits": 2,
                  "elbo_draws": 10, "prior_k": [1, 10]},
     "sample": {"n": 4},
 }
@@ -98,10 +99,10 @@ def test_outputs_exist_and_parse(repo, first_run):
         assert r["nll"] > 0 and r["elbo"] <= -r["nll"] + 1e-3  # ELBO <= L_k
         assert 0 <= r["active_units"] <= 50
     report = (repo / "reports" / "report.md").read_text()
-    for i in range(1, 7):
+    for i in range(1, 8):
         assert f"### {i}." in report
     assert report.count("**HOLDS** (indicative)") + report.count("**DOES NOT HOLD** (indicative)") \
-        + report.count("**NOT MEASURED** (indicative)") == 6
+        + report.count("**NOT MEASURED** (indicative)") == 7
     assert "**Indicative run**" in report
     assert "vae 2, vae_mc 2, iwae 2, prior 1 of 200 epochs" in report
     assert "### 6. The loss L upper-bounds -E[log p(x)]: **HOLDS**" in report

@@ -158,8 +158,13 @@ class EvaluateConfig:
     # chunk * batch * 784 floats whatever k is.
     chunk: int = 500
     batch_size: int = 100
-    snr_k: tuple[int, ...] = (1, 5, 50)
-    snr_repeats: int = 100
+    # gradient SNR per parameter (Rainforth et al. 2018, vaelab.snr): the IWAE-k gradient of
+    # one digit drawn snr_repeats times, for each of snr_digits test digits, at each k, under
+    # each encoder gradient estimator
+    snr_k: tuple[int, ...] = (1, 5, 50, 500)
+    snr_estimators: tuple[str, ...] = ("standard", "dreg")
+    snr_digits: int = 5
+    snr_repeats: int = 60
     elbo_draws: int = 100
     prior_k: tuple[int, ...] = (1, 10, 100, 1000, 5000)
     seed: int = 0
@@ -393,7 +398,8 @@ def _check_switched(c: _Checker, models: dict[str, RunConfig], switched: tuple) 
 def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
     c.known_keys(raw, _fields(EvaluateConfig), "evaluate")
     e = dataclasses.replace(EvaluateConfig(), **raw)
-    for name in ("k", "n_test", "chunk", "batch_size", "snr_repeats", "elbo_draws"):
+    for name in ("k", "n_test", "chunk", "batch_size", "snr_repeats", "snr_digits",
+                 "elbo_draws"):
         c.integer(getattr(e, name), f"evaluate.{name}", low=1)
     c.integer(e.seed, "evaluate.seed", low=0)
     if e.nll_seed_std is not None:
@@ -403,6 +409,14 @@ def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
                e.snr_repeats)
     e = dataclasses.replace(e, snr_k=c.int_list(e.snr_k, "evaluate.snr_k"),
                             prior_k=c.int_list(e.prior_k, "evaluate.prior_k"))
+    # the SNR is of the IWAE-k gradient: the estimators it takes (vaelab.registry)
+    allowed = registry.OBJECTIVES["iwae"].estimators
+    if not isinstance(e.snr_estimators, (list, tuple)) or not e.snr_estimators:
+        c.fail("evaluate.snr_estimators", f"must be a non-empty list of {list(allowed)}",
+               e.snr_estimators)
+    e = dataclasses.replace(e, snr_estimators=tuple(
+        c.choice(v, f"evaluate.snr_estimators[{i}]", allowed)
+        for i, v in enumerate(e.snr_estimators)))
     return e
 
 

@@ -10,7 +10,8 @@ bits and the same random numbers:
   variance than a single group.
 - active units (Burda et al.): Cov_x(E_q[z_u]) > 0.01;
 - the width of q(z|x), and the spread of the one-sample ELBO next to the ELBO-NLL gap;
-- gradient signal-to-noise ratios (Rainforth et al. 2018) of encoder and decoder;
+- gradient signal-to-noise ratios per parameter (Rainforth et al. 2018) of encoder and
+  decoder, per estimator and k (vaelab.snr);
 - log p(x) estimated by sampling the prior (eq. 7) against sampling the posterior, same k.
 """
 from __future__ import annotations
@@ -23,12 +24,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import backend, models
+from . import backend, models, snr
 from . import data as vdata
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
 from . import objectives
-from .objectives import iwae, iwae_from_log_weights
+from .objectives import iwae_from_log_weights
 
 
 @dataclass
@@ -174,55 +175,6 @@ def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
 
 
 # ---------------------------------------------------------------------------------------
-# gradient signal-to-noise ratio (Rainforth et al. 2018)
-
-def snr(samples_sum: np.ndarray, squares_sum: np.ndarray, n: int) -> np.ndarray:
-    """|mean| / std per parameter from running sums over n gradient draws."""
-    mean = samples_sum / n
-    var = np.maximum(squares_sum / n - mean**2, 0.0) * n / (n - 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.abs(mean) / np.sqrt(var)
-    return out[np.isfinite(out)]
-
-
-def gradient_snr(m: Loaded, x: np.ndarray, k: int, repeats: int, seed: int) -> dict:
-    """For the fixed batch x, draw the IWAE_k gradient `repeats` times with fresh samples;
-    SNR per parameter, averaged over encoder and over decoder parameters."""
-    enc_vars, dec_vars = m.encoder.trainable_variables, m.decoder.trainable_variables
-
-    def build(p_z, decode):
-        def loss(xb, s):
-            q = models.posterior(m.encoder, xb)
-            return -ops.mean(iwae(xb, q, p_z, decode, k, s).bound)
-
-        loss_and_grads = backend.value_and_grad(loss, enc_vars + dec_vars)
-
-        def grads(xb, s):
-            g = loss_and_grads(xb, s)[1]
-            flat = lambda gs: ops.concatenate([ops.reshape(t, [-1]) for t in gs], 0)  # noqa: E731
-            return flat(g[:len(enc_vars)]), flat(g[len(enc_vars):])
-
-        return grads
-
-    grads = m.compiled(("snr", k), build)
-    xb = ops.convert_to_tensor(x)
-    sums = None
-    block = 10  # repeats issued before the first of them is read back (async on JAX)
-    for r0 in range(0, repeats, block):
-        drawn = [grads(xb, backend.seed(seed, r)) for r in range(r0, min(r0 + block, repeats))]
-        for g in drawn:
-            ge, gd = (np.asarray(t).astype(np.float64) for t in g)
-            if sums is None:
-                sums = [np.zeros_like(ge), np.zeros_like(ge), np.zeros_like(gd), np.zeros_like(gd)]
-            sums[0] += ge
-            sums[1] += ge**2
-            sums[2] += gd
-            sums[3] += gd**2
-    return {"encoder": float(snr(sums[0], sums[1], repeats).mean()),
-            "decoder": float(snr(sums[2], sums[3], repeats).mean())}
-
-
-# ---------------------------------------------------------------------------------------
 # prior sampling (eq. 7) as an estimator of log p(x)
 
 def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int,
@@ -348,11 +300,11 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         # values, in nats and in bits per dimension (log 256 per pixel added back)
         out["nll_discrete"] = vdata.discrete_nll(nll, x.shape[1])
         out["bits_per_dim"] = vdata.bits_per_dim(nll, x.shape[1])
-    snr_x = x[:min(100, len(x))]
-    for k in cfg.snr_k:
-        s = timed(f"snr_k{k}", gradient_snr, m, snr_x, k, cfg.snr_repeats, cfg.seed)
-        out[f"snr_encoder_k{k}"] = s["encoder"]
-        out[f"snr_decoder_k{k}"] = s["decoder"]
+    # gradient SNR per parameter, one digit at a time (Rainforth et al. 2018): vaelab.snr
+    s = timed("snr", snr.model_snr, m, x, cfg.snr_k, cfg.snr_estimators, cfg.snr_digits,
+              cfg.snr_repeats, cfg.seed)
+    out.update(snr.flat_metrics(s["result"]))
+    out["_snr"] = s["result"]  # nested, for the report's table and figure
     prior_lw = timed("prior", prior_log_likelihoods, m, x, max(prior_ks), min(cfg.chunk, cfg.k),
                      cfg.batch_size, cfg.seed)  # [max prior k, N]
     prior = bound_ladder(prior_lw, prior_ks)

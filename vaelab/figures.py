@@ -112,3 +112,26 @@ def lines_vs_k(path, series: dict[str, dict[int, float]], ylabel: str, title: st
     # outside the axes: inside, a legend of many series hid some of the points
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     save_figure(path, fig)
+
+
+def snr_vs_k(path, results: dict[str, dict], title: str) -> None:
+    """Median per-parameter gradient SNR against K, log-log: one panel per group (encoder,
+    decoder), a line per model and estimator. results: label -> vaelab.snr.measure()'s
+    {estimator: {group: {"k": {K: summary}, "slope": s}}}."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, group in zip(axes, ("encoder", "decoder")):
+        for label, by_est in results.items():
+            for est, groups in by_est.items():
+                r = groups[group]
+                ks = sorted(r["k"])
+                ax.plot(ks, [r["k"][k]["median"] for k in ks], marker="o",
+                        label=f"{label} {est} (slope {r['slope']:+.2f})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("K (importance samples)")
+        ax.set_ylabel("median per-parameter SNR")
+        ax.set_title(group)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    save_figure(path, fig)

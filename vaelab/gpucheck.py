@@ -87,7 +87,8 @@ def _check(args, params) -> dict:
     # -- the default run's models, trained and evaluated through the library -------------
     cfg = params.evaluate
     if args.quick:
-        cfg = dataclasses.replace(cfg, k=100, chunk=50, snr_repeats=3, elbo_draws=10,
+        cfg = dataclasses.replace(cfg, k=100, chunk=50, snr_repeats=3, snr_digits=2,
+                                  elbo_draws=10,
                                   snr_k=(1, 5), prior_k=tuple(k for k in cfg.prior_k if k <= 100))
     epochs = args.epochs or (1 if args.quick else None)
     models_out = {}

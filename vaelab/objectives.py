@@ -261,9 +261,15 @@ def objective(name: str, **options) -> Callable[..., Bound]:
     return functools.partial(FUNCTIONS[name], **kw) if kw else FUNCTIONS[name]
 
 
+def group_targets(b: Bound, groups=("encoder", "decoder")) -> dict:
+    """Per example [B], what each group of variables ascends: its surrogate, or the bound.
+    The per-digit gradient SNR (vaelab.snr) differentiates these one digit at a time."""
+    return {g: (b.surrogates or {}).get(g, b.bound) for g in groups}
+
+
 def surrogate_losses(b: Bound, groups=("encoder", "decoder")) -> dict | None:
     """The scalar loss whose gradient each group of variables follows, -mean(surrogate);
     None when every group follows the bound itself (one gradient of -mean(bound))."""
     if b.surrogates is None:
         return None
-    return {g: -ops.mean(b.surrogates.get(g, b.bound)) for g in groups}
+    return {g: -ops.mean(t) for g, t in group_targets(b, groups).items()}
