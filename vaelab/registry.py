@@ -51,5 +51,11 @@ ESTIMATORS: dict[str, str] = {
             "with q's parameters stopped in log q; decoder on the bound",
 }
 
+# the asymptotic slope of log SNR against log K, per (estimator, group), Rainforth et al. 2018
+# (standard), Tucker et al. 2018 (DReG: the encoder's SNR grows like the decoder's)
+SNR_SLOPE = {("standard", "encoder"): -0.5, ("standard", "decoder"): 0.5,
+             ("dreg", "encoder"): 0.5, ("dreg", "decoder"): 0.5,
+             ("stl", "decoder"): 0.5}
+
 # per-model defaults of the hyperparameters above
 HPARAM_DEFAULTS = {"m": 1, "beta": 0.5}

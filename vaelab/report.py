@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .snr import THEORY as SNR_THEORY  # numpy only: no Keras
+from .registry import SNR_SLOPE as SNR_THEORY
 
 HOLDS, FAILS, UNMEASURED = "HOLDS", "DOES NOT HOLD", "NOT MEASURED"
 
