@@ -28,10 +28,9 @@ def check_memory(run) -> None:
     """Refuse a network whose weights, gradients and two Adam slots (4 float32 copies) do
     not fit in the memory available now: TensorFlow would otherwise die with a 100-line
     ResourceExhaustedError, or the kernel would kill the process."""
+    from vaelab import models
     m = run.model
-    enc = [784, *m.hidden, 2 * m.latent]
-    dec = [m.latent, *reversed(m.hidden), 2 * 784]
-    weights = sum(a * b + b for sizes in (enc, dec) for a, b in zip(sizes, sizes[1:]))
+    weights = models.n_weights(m)
     need = 4 * 4 * weights
     have = cli.available_bytes()
     if have is not None and need > have:
