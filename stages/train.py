@@ -151,8 +151,10 @@ def main():
         log.artifacts(out, "model")
         # the plain .keras files stay under model/; this is the same networks composed as
         # x -> decoder output at the posterior mean, through MLflow's Keras flavour
+        # (two layers: x -> E_q[h1|x] -> p(x|h1)'s output)
         x_in = keras.Input((x_valid[0].size,), name="x")
-        log.keras_model(keras.Model(x_in, result.decoder(result.encoder(x_in)[0]),
+        vae = models.VAE(result.encoder, result.decoder, run.model.decoder)
+        log.keras_model(keras.Model(x_in, vae.at_posterior_mean(x_in),
                                     name=f"{name}_reconstruction"),
                         data.to_unit(x_valid[:2]))
         log.artifact(curve_path, name="curve.csv")

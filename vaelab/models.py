@@ -295,6 +295,13 @@ class VAE:
         loc1 = _float(self.encoder.get_layer(Q_H1)(x)[0])
         return decoder_mean(self.decoder.get_layer(P_X), self.kind, loc1)
 
+    def at_posterior_mean(self, x):
+        """The decoder's raw output(s) at the posterior mean (two layers: p(x|h1)'s at
+        h1 = E_q[h1|x]); x may be a symbolic keras.Input (MLflow's composed model)."""
+        if self.layers == 1:
+            return self.decoder(self.encoder(x)[0])
+        return self.decoder.get_layer(P_X)(self.encoder.get_layer(Q_H1)(x)[0])
+
     def posterior_params(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(loc, scale)] of q per stochastic layer, float32 [N, d] each. Two layers: q(h2|h1)
         at h1 = E_q[h1|x] (the mean path, no sampling; vaelab.evaluate, active units)."""
