@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
 from vaelab import backend, evaluate, models, train  # noqa: E402
-from vaelab.config import ModelConfig, ParamsError, parse_params  # noqa: E402
+from vaelab.config import EvaluateConfig, ModelConfig, ParamsError, parse_params  # noqa: E402
 from vaelab.objectives import iwae  # noqa: E402
 
 CFG = ModelConfig(latent=3, hidden=(12,), layers=2, h1_latent=5, h1_hidden=(7,))
@@ -182,6 +182,10 @@ def test_two_layer_training_and_evaluation(objective, k, digits):
     assert evaluate.prior_samples_of(m, 4, 0).shape == (4, 784)
     assert evaluate.reconstructions(m, xb[:3]).shape == (3, 784)
     assert np.isfinite(evaluate.own_bound(m, xb, 0, 15))
+    cfg = EvaluateConfig(k=20, n_test=30, chunk=10, batch_size=15, snr_k=(2,), snr_repeats=2,
+                         elbo_draws=5, prior_k=(1, 10))
+    out = evaluate.evaluate_model(m, xb, cfg)  # every measurement, SNR included
+    assert np.isfinite(out["nll"]) and out["active_units_h1"] <= 4 and "active_units_h2" in out
 
 
 def test_one_layer_model_json_keys_unchanged():
