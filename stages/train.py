@@ -28,10 +28,9 @@ def check_memory(run) -> None:
     """Refuse a network whose weights, gradients and two Adam slots (4 float32 copies) do
     not fit in the memory available now: TensorFlow would otherwise die with a 100-line
     ResourceExhaustedError, or the kernel would kill the process."""
+    from vaelab import models
     m = run.model
-    enc = [784, *m.hidden, 2 * m.latent]
-    dec = [m.latent, *reversed(m.hidden), 2 * 784]
-    weights = sum(a * b + b for sizes in (enc, dec) for a, b in zip(sizes, sizes[1:]))
+    weights = models.n_weights(m)
     need = 4 * 4 * weights
     have = cli.available_bytes()
     if have is not None and need > have:
@@ -152,8 +151,10 @@ def main():
         log.artifacts(out, "model")
         # the plain .keras files stay under model/; this is the same networks composed as
         # x -> decoder output at the posterior mean, through MLflow's Keras flavour
+        # (two layers: x -> E_q[h1|x] -> p(x|h1)'s output)
         x_in = keras.Input((x_valid[0].size,), name="x")
-        log.keras_model(keras.Model(x_in, result.decoder(result.encoder(x_in)[0]),
+        vae = models.VAE(result.encoder, result.decoder, run.model.decoder)
+        log.keras_model(keras.Model(x_in, vae.at_posterior_mean(x_in),
                                     name=f"{name}_reconstruction"),
                         data.to_unit(x_valid[:2]))
         log.artifact(curve_path, name="curve.csv")

@@ -133,13 +133,13 @@ def test_trained_models_differ_by_backend_only_by_random_stream(crossed):
 
 def test_maths_and_training_tests_pass_on_jax():
     """tests/test_objectives.py and tests/test_models.py (closed forms, identities, gradients
-    through the reparameterized sample) and the determinism/resume tests of test_train.py,
+    through the reparameterized sample), the determinism/resume tests of test_train.py and
+    the two-layer tests of test_layers.py,
     run again in a process on JAX. float64 tests need JAX's x64 mode."""
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          "tests/test_objectives.py", "tests/test_estimators.py", "tests/test_snr.py",
-         "tests/test_models.py",
-         "tests/test_train.py",
+         "tests/test_models.py", "tests/test_train.py", "tests/test_layers.py",
          "-k", "not killed_stage and not diverging_stage and not params_mistake "
                "and not atomic and not read_only and not prepared"],
         cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"},

@@ -28,7 +28,10 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 BACKENDS = ("tensorflow", "jax")  # Keras backends; TFP's substrate follows (vaelab.backend)
 SCHEDULES = ("constant", "burda")
 # what an `init_from` source must share with the model it initialises (same weight shapes)
-ARCHITECTURE = ("latent", "hidden", "activation", "decoder", "decoder_scale")
+ARCHITECTURE = ("layers", "latent", "hidden", "h1_latent", "h1_hidden", "activation", "decoder",
+                "decoder_scale")
+LAYERS = (1, 2)  # stochastic layers: Burda et al. 2015's two MNIST architectures
+TWO_LAYER_KEYS = ("layers", "h1_latent", "h1_hidden")  # in model.json for two layers only
 
 
 class UserError(Exception):
@@ -60,6 +63,11 @@ class ModelConfig:
     decoder_scale: float | str = "learned"
     # "mixed_bfloat16": every Dense layer multiplies in bfloat16; log-probs stay float32
     precision: str = "float32"
+    # stochastic layers. 2: x -> hidden -> h1 (h1_latent) -> h1_hidden -> h2 (latent), the
+    # generative path back (Burda et al.'s second architecture; vaelab.models.VAE)
+    layers: int = 1
+    h1_latent: int = 100  # two layers only: units of h1
+    h1_hidden: tuple[int, ...] = (100, 100)  # two layers only: the layers between h1 and h2
 
 
 def burda_stages(n: int) -> list[tuple[int, float]]:
@@ -146,6 +154,8 @@ class RunConfig:
             out["init_from"] = self.init_from
         for section in ("data", "model", "train"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
+                if section == "model" and key in TWO_LAYER_KEYS and self.model.layers == 1:
+                    continue  # one-layer model.json and MLflow params as they always were
                 out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -291,12 +301,17 @@ def _model(c: _Checker, raw: dict, key: str) -> ModelConfig:
     c.choice(m.activation, f"{key}.activation", ACTIVATIONS)
     c.choice(m.decoder, f"{key}.decoder", DECODERS)
     c.choice(m.precision, f"{key}.precision", PRECISIONS)
+    if isinstance(m.layers, bool) or m.layers not in LAYERS:
+        c.fail(f"{key}.layers", "must be 1 or 2 (stochastic layers, Burda et al.'s two "
+               "architectures)", m.layers)
+    c.integer(m.h1_latent, f"{key}.h1_latent", low=1)
+    h1_hidden = c.int_list(m.h1_hidden, f"{key}.h1_hidden")
     scale = m.decoder_scale
     if scale != "learned":
         if isinstance(scale, str):
             c.fail(f"{key}.decoder_scale", "must be 'learned' or a number > 0", scale)
         scale = c.number(scale, f"{key}.decoder_scale")
-    return dataclasses.replace(m, hidden=hidden, decoder_scale=scale)
+    return dataclasses.replace(m, hidden=hidden, h1_hidden=h1_hidden, decoder_scale=scale)
 
 
 def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
@@ -364,6 +379,12 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
                    key if any(n in model_keys for n in raw) else "model")
     train = _train(c, {**train_raw, **{n: v for n, v in raw.items() if n in train_keys}},
                    key if any(n in train_keys for n in raw) else "train")
+    if model.layers > 1 and spec.analytic_kl:
+        c.fail(f"{key}.objective", f"{objective} needs one stochastic layer (closed-form KL); "
+               f"use elbo_mc with model.layers {model.layers}", objective)
+    if model.layers > 1 and estimator in registry.ONE_LAYER_ESTIMATORS:
+        c.fail(f"{key}.estimator", f"{estimator} is implemented for one stochastic layer only "
+               "(q(h2|h1)'s parameters are network outputs); use standard", estimator)
     if model.decoder == "gaussian" and data.binarize != "none":
         c.fail(f"{key}.decoder" if "decoder" in raw else "model.decoder",
                "gaussian requires data.binarize: none (it models grey values)", model.decoder)

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import backend, models, snr
+from . import backend, models, registry, snr
 from . import data as vdata
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
@@ -58,19 +58,28 @@ class Loaded:
 
     @property
     def latent(self) -> int:
+        """The prior's latent size (two layers: h2's)."""
         return int(self.info["model.latent"])
+
+    @property
+    def vae(self) -> models.VAE:
+        """The networks as one model object (one or two stochastic layers), made once."""
+        if "_vae" not in self.__dict__:
+            self.__dict__["_vae"] = models.VAE(self.encoder, self.decoder, self.kind)
+        return self.__dict__["_vae"]
 
     def parts(self):
         """(p_z, decode) for the objectives."""
-        return models.prior(self.latent), models.make_decode(self.decoder, self.kind)
+        if int(self.info.get("model.layers", 1)) == 1:  # as always: no network behind p(z)
+            return models.prior(self.latent), models.make_decode(self.decoder, self.kind)
+        return self.vae.prior(), self.vae.decode
 
     def compiled(self, key, build):
         """A compiled function (tf.function or jax.jit) made once per model and key, so
         repeated calls (batches, repeats, the benchmark) reuse one trace."""
         cache = self.__dict__.setdefault("_compiled", {})
         if key not in cache:
-            cache[key] = backend.compile(build(*self.parts()),
-                                         self.encoder.variables + self.decoder.variables, self.jit)
+            cache[key] = backend.compile(build(*self.parts()), self.vae.variables, self.jit)
         return cache[key]
 
 
@@ -90,7 +99,8 @@ def test_inputs(test: dict, kind: str, seed: int = 0) -> np.ndarray:
 def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, seed: int):
     """log w = log p(x|z) + log p(z) - log q(z|x) for k posterior samples per example,
     float32 [k, N], computed `chunk` samples at a time so memory is bounded by
-    chunk * batch_size * 784 floats whatever k is. Also returns the analytic KL [N]."""
+    chunk * batch_size * 784 floats whatever k is. Also returns the analytic KL [N] (two
+    stochastic layers, which have none: its Monte Carlo estimate from the last chunk)."""
     chunk_fn = m.compiled(("log_weights", chunk),
                           lambda p_z, decode: _log_weights_fn(m, p_z, decode, chunk))
     out = np.empty((k, len(x)), np.float32)
@@ -108,9 +118,12 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
 
 def _log_weights_fn(m: Loaded, p_z, decode, chunk):
     def chunk_fn(xb, s):
-        q = models.posterior(m.encoder, xb)
-        z = q.sample(chunk, seed=s)  # [chunk, B, latent]
+        q = m.vae.posterior(xb)
+        z = q.sample(chunk, seed=s)  # [chunk, B, latent] (two layers: {h1, h2} of them)
         log_px_z = decode(z).log_prob(xb)  # [chunk, B]
+        if m.vae.layers > 1:
+            log_pz, log_qz = p_z.log_prob(z), q.log_prob(z)
+            return log_px_z + log_pz - log_qz, backend.mean(log_qz - log_pz, 0)
         return log_px_z + p_z.log_prob(z) - q.log_prob(z), tfd.kl_divergence(q, p_z)
 
     return chunk_fn
@@ -160,11 +173,23 @@ def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
 # the posterior
 
 def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
-    """Active units and the width of q(z|x) on them."""
-    loc, scale = models.posterior_params(m.encoder, x)  # [N, latent] each
+    """Active units and the width of q(z|x) on them. Two stochastic layers: per layer too
+    (`active_units_h1`, `_h2`, `posterior_std_median_h1`, `_h2`; h2's at h1 = E_q[h1|x],
+    models.VAE.posterior_params), the other figures over both layers' units."""
+    layers = m.vae.posterior_params(x)  # [(loc, scale) [N, d]] per layer
+    per_layer = {}
+    if len(layers) > 1:
+        for i, (loc_i, scale_i) in enumerate(layers, 1):
+            act = models.active_mask(loc_i)
+            per_layer[f"active_units_h{i}"] = int(act.sum())
+            per_layer[f"posterior_std_median_h{i}"] = (float(np.median(scale_i[:, act]))
+                                                       if act.any() else float("nan"))
+    loc = np.concatenate([loc_i for loc_i, _ in layers], axis=1)  # [N, all units]
+    scale = np.concatenate([scale_i for _, scale_i in layers], axis=1)
     active = models.active_mask(loc)
     widths = scale[:, active].ravel() if active.any() else np.array([np.nan])
     return {
+        **per_layer,
         "active_units": int(active.sum()),
         "posterior_std_active": widths,  # kept for the histogram
         "posterior_std_median": float(np.median(widths)),
@@ -181,15 +206,17 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
                           seed: int) -> np.ndarray:
     """log p(x|z_i) for k draws z_i ~ p(z) shared by all examples, as in eq. (7). [k, N].
     Grouped like log-weights (`bound_ladder`), it gives eq. (7)'s estimate for every k."""
-    z = models.prior(m.latent).sample(k, seed=backend.seed(seed, 7))  # [k, latent]
+    # [k, latent] (two layers: {h1, h2}, h1 drawn from p(h1|h2))
+    z = m.parts()[0].sample(k, seed=backend.seed(seed, 7))
     # [chunk, 1, 784] against [B, 784] broadcasts to [chunk, B]
     chunk_fn = m.compiled(("prior", chunk), lambda p_z, decode: (
-        lambda zc, xb: decode(zc[:, None, :]).log_prob(xb)))
+        lambda zc, xb: decode(keras.tree.map_structure(lambda t: t[:, None], zc)).log_prob(xb)))
 
     out = np.empty((k, len(x)), np.float32)
     for start in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(x[start:start + batch_size])
-        outs = [chunk_fn(z[s0:s0 + chunk], xb) for s0 in range(0, k, chunk)]  # all issued first
+        outs = [chunk_fn(keras.tree.map_structure(lambda t: t[s0:s0 + chunk], z), xb)
+                for s0 in range(0, k, chunk)]  # all issued first
         for s0, ll in zip(range(0, k, chunk), outs):
             out[s0:s0 + chunk, start:start + len(xb)] = np.asarray(ll)
     return out
@@ -203,7 +230,7 @@ def own_bound(m: Loaded, x: np.ndarray, seed: int, batch_size: int = 100) -> flo
     total = 0.0
     for i in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(x[i:i + batch_size])
-        q = models.posterior(m.encoder, xb)
+        q = m.vae.posterior(xb)
         total += float(ops.sum(objective(xb, q, p_z, decode, k, backend.seed(seed, i)).bound))
     return total / len(x)
 
@@ -216,14 +243,12 @@ def prior_samples(folder: str | Path, n: int, seed: int) -> np.ndarray:
 
 
 def prior_samples_of(m: Loaded, n: int, seed: int) -> np.ndarray:
-    z = models.prior(m.latent).sample(n, seed=backend.seed(seed, 0))  # [n, latent]
-    return np.asarray(models.decoder_mean(m.decoder, m.kind, z))
+    return np.asarray(m.vae.sample(n, backend.seed(seed, 0)))  # z ~ p(z), E[x|z]
 
 
 def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
     """E[x|z] at z = the posterior mean: what the model keeps of each digit. [N, 784]."""
-    loc = models.posterior(m.encoder, ops.convert_to_tensor(x)).distribution.loc  # [N, latent]
-    return np.asarray(models.decoder_mean(m.decoder, m.kind, loc))
+    return np.asarray(m.vae.reconstruct(ops.convert_to_tensor(x)))  # two layers: at E_q[h1|x]
 
 
 def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
@@ -301,7 +326,10 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         out["nll_discrete"] = vdata.discrete_nll(nll, x.shape[1])
         out["bits_per_dim"] = vdata.bits_per_dim(nll, x.shape[1])
     # gradient SNR per parameter, one digit at a time (Rainforth et al. 2018): vaelab.snr
-    s = timed("snr", snr.model_snr, m, x, cfg.snr_k, cfg.snr_estimators, cfg.snr_digits,
+    # stl/dreg exist for one stochastic layer only (vaelab.registry): left out, not faked
+    estimators = [e for e in cfg.snr_estimators
+                  if int(m.info.get("model.layers", 1)) == 1 or e not in registry.ONE_LAYER_ESTIMATORS]
+    s = timed("snr", snr.model_snr, m, x, cfg.snr_k, estimators, cfg.snr_digits,
               cfg.snr_repeats, cfg.seed)
     out.update(snr.flat_metrics(s["result"]))
     out["_snr"] = s["result"]  # nested, for the report's table and figure

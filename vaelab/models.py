@@ -10,6 +10,7 @@ active backend (vaelab.backend), so they are written once for TensorFlow and JAX
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -116,7 +117,10 @@ def prior(latent: int) -> tfd.Distribution:
 
 
 def posterior(encoder: keras.Model, x) -> tfd.Distribution:
-    """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]."""
+    """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]. A two-layer encoder
+    (`build_encoder2`) gives the joint q(h1, h2 | x) = q(h1|x) q(h2|h1) (`posterior2`)."""
+    if len(encoder.inputs) == 2:
+        return posterior2(encoder, x)
     loc, scale = (_float(t) for t in encoder(x))  # [B, latent] each
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
@@ -159,6 +163,175 @@ def decoder_mean(decoder: keras.Model, kind: str, z):
     """E[x|z] [B, 784]: the picture a sample from the model shows."""
     out = decoder(z)
     return ops.sigmoid(_float(out)) if kind == "bernoulli" else _float(out[0])
+
+
+# ---------------------------------------------------------------------------------------
+# two stochastic layers (Burda et al. 2015's second architecture):
+#   q: x -> hidden -> h1 (h1_latent) -> h1_hidden -> h2 (latent)
+#   p: h2 ~ N(0, I) -> reversed(h1_hidden) -> h1 -> reversed(hidden) -> x
+# Four Gaussian/decoder sub-networks, exported as two functional models whose inputs and
+# outputs are plain tensors (README, export contract):
+#   encoder.keras: [x, h1] -> [loc1, scale1, loc2, scale2]   q(h1|x), q(h2|h1)
+#   decoder.keras: [h2, h1] -> [loc, scale, *p(x|h1) outputs]  p(h1|h2), p(x|h1)
+# Each half is a nested model of its own (get_layer(Q_H1) ...), so a step runs only what it
+# needs. Latents are structures {"h1": [..., h1_latent], "h2": [..., latent]}, and the
+# distributions are TFP joint distributions over them: q.sample(k, seed) gives [k, B, d]
+# tensors, q.log_prob / p.log_prob [k, B], so the objectives need no change.
+
+Q_H1, Q_H2, P_H1, P_X = "q_h1", "q_h2", "p_h1", "p_x"
+
+
+def _gaussian_net(in_size: int, hidden, out: int, cfg: ModelConfig, name: str) -> keras.Model:
+    """[B, in_size] -> [loc, scale], each [B, out]."""
+    i = keras.Input((in_size,), name=f"{name}_in")
+    h = _mlp(i, hidden, cfg.activation, name, cfg.precision)
+    loc = keras.layers.Dense(out, name=f"{name}_loc", dtype=_policy(cfg.precision))(h)
+    return keras.Model(i, [loc, _positive(h, out, f"{name}_scale", cfg.precision)], name=name)
+
+
+def _outputs(t) -> list:
+    return list(t) if isinstance(t, (list, tuple)) else [t]
+
+
+def build_encoder2(cfg: ModelConfig) -> keras.Model:
+    """[x [B, 784], h1 [B, h1_latent]] -> [loc1, scale1 (q(h1|x)), loc2, scale2 (q(h2|h1))]."""
+    q1 = _gaussian_net(N_PIXELS, cfg.hidden, cfg.h1_latent, cfg, Q_H1)
+    q2 = _gaussian_net(cfg.h1_latent, cfg.h1_hidden, cfg.latent, cfg, Q_H2)
+    x, h1 = keras.Input((N_PIXELS,), name="x"), keras.Input((cfg.h1_latent,), name="h1")
+    return keras.Model([x, h1], [*q1(x), *q2(h1)], name="encoder")
+
+
+def build_decoder2(cfg: ModelConfig) -> keras.Model:
+    """[h2 [B, latent], h1 [B, h1_latent]] -> [loc, scale (p(h1|h2)), then p(x|h1)'s outputs:
+    Bernoulli logits, or Gaussian loc, scale]."""
+    p1 = _gaussian_net(cfg.latent, tuple(reversed(cfg.h1_hidden)), cfg.h1_latent, cfg, P_H1)
+    px = build_decoder(dataclasses.replace(cfg, latent=cfg.h1_latent))
+    px = keras.Model(px.inputs, px.outputs, name=P_X)
+    h2, h1 = keras.Input((cfg.latent,), name="h2"), keras.Input((cfg.h1_latent,), name="h1")
+    return keras.Model([h2, h1], [*p1(h2), *_outputs(px(h1))], name="decoder")
+
+
+def _apply(net: keras.Model, t):
+    """A [loc, scale] network on t [..., d] with any leading axes: [..., out] each."""
+    lead = ops.shape(t)[:-1]
+    out = net(ops.reshape(t, (-1, t.shape[-1])))
+    return [_float(ops.reshape(o, (*lead, o.shape[-1]))) for o in out]
+
+
+def _normal(loc, scale) -> tfd.Distribution:
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+
+def posterior2(encoder: keras.Model, x) -> tfd.Distribution:
+    """q(h1, h2 | x) = q(h1|x) q(h2|h1): a joint over {"h1", "h2"}, batch [B]."""
+    q2 = encoder.get_layer(Q_H2)
+    return tfd.JointDistributionNamed({
+        "h1": _normal(*(_float(t) for t in encoder.get_layer(Q_H1)(x))),
+        "h2": lambda h1: _normal(*_apply(q2, h1)),
+    })
+
+
+def prior2(decoder: keras.Model) -> tfd.Distribution:
+    """p(h1, h2) = p(h2) p(h1|h2), p(h2) = N(0, I): a joint over {"h1", "h2"}. p(h1|h2) is a
+    network of the generative path (decoder weights)."""
+    p1 = decoder.get_layer(P_H1)
+    latent = p1.inputs[0].shape[-1]
+    return tfd.JointDistributionNamed({
+        "h2": prior(latent),
+        "h1": lambda h2: _normal(*_apply(p1, h2)),
+    })
+
+
+class VAE:
+    """The one model object of training, evaluation, sampling and the benchmark: the two
+    exported networks and the distributions built from them, for one or two stochastic
+    layers. `posterior(x)` = q over all latents, `prior()` = p over all latents,
+    `decode(z)` = p(x|z) (z: a tensor, or for two layers {"h1", "h2"}, read at h1)."""
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, kind: str):
+        self.encoder, self.decoder, self.kind = encoder, decoder, kind
+        self.layers = len(encoder.inputs)
+        if self.layers == 1:
+            self._prior = prior(encoder.outputs[0].shape[-1])
+            self._decode = make_decode(decoder, kind)
+        else:
+            self._prior = prior2(decoder)
+            self._decode = make_decode(decoder.get_layer(P_X), kind)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, encoder=None, decoder=None) -> "VAE":
+        """Fresh networks for cfg (encoder first, then decoder: the seeded initialisation
+        order of the one-layer model is what it always was), or the given ones."""
+        two = cfg.layers == 2
+        if encoder is None:
+            encoder = build_encoder2(cfg) if two else build_encoder(cfg)
+        if decoder is None:
+            decoder = build_decoder2(cfg) if two else build_decoder(cfg)
+        return cls(encoder, decoder, cfg.decoder)
+
+    def posterior(self, x) -> tfd.Distribution:
+        return posterior(self.encoder, x)
+
+    def prior(self) -> tfd.Distribution:
+        return self._prior
+
+    def decode(self, z) -> tfd.Distribution:
+        return self._decode(z["h1"] if isinstance(z, dict) else z)
+
+    def mean(self, z):
+        """E[x|z] [n, 784] for prior or posterior latents z [n, ...] (a structure for two)."""
+        if isinstance(z, dict):
+            return decoder_mean(self.decoder.get_layer(P_X), self.kind, z["h1"])
+        return decoder_mean(self.decoder, self.kind, z)
+
+    def sample(self, n: int, seed):
+        """n digits from the model, E[x|z] with z ~ p(z) drawn from the stateless `seed`."""
+        return self.mean(self._prior.sample(n, seed=seed))
+
+    def reconstruct(self, x):
+        """E[x|z] at the posterior mean (two layers: at E_q[h1|x]). [N, 784]."""
+        if self.layers == 1:
+            return decoder_mean(self.decoder, self.kind, self.posterior(x).distribution.loc)
+        loc1 = _float(self.encoder.get_layer(Q_H1)(x)[0])
+        return decoder_mean(self.decoder.get_layer(P_X), self.kind, loc1)
+
+    def at_posterior_mean(self, x):
+        """The decoder's raw output(s) at the posterior mean (two layers: p(x|h1)'s at
+        h1 = E_q[h1|x]); x may be a symbolic keras.Input (MLflow's composed model)."""
+        if self.layers == 1:
+            return self.decoder(self.encoder(x)[0])
+        return self.decoder.get_layer(P_X)(self.encoder.get_layer(Q_H1)(x)[0])
+
+    def posterior_params(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """[(loc, scale)] of q per stochastic layer, float32 [N, d] each. Two layers: q(h2|h1)
+        at h1 = E_q[h1|x] (the mean path, no sampling; vaelab.evaluate, active units)."""
+        if self.layers == 1:
+            return [posterior_params(self.encoder, x)]
+        loc1, scale1 = posterior_params(self.encoder.get_layer(Q_H1), x)
+        return [(loc1, scale1), posterior_params(self.encoder.get_layer(Q_H2), loc1)]
+
+    @property
+    def groups(self) -> list[tuple[str, list]]:
+        """[("encoder", vars), ("decoder", vars)]: p(h1|h2) belongs to the decoder."""
+        return [("encoder", self.encoder.trainable_variables),
+                ("decoder", self.decoder.trainable_variables)]
+
+    @property
+    def variables(self) -> list:
+        return self.encoder.variables + self.decoder.variables
+
+
+def n_weights(cfg: ModelConfig) -> int:
+    """Weights and biases of both networks (the memory check of stages/train.py)."""
+    dense = lambda sizes: sum(a * b + b for a, b in zip(sizes, sizes[1:]))  # noqa: E731
+    out = 2 * N_PIXELS  # a decoder's outputs (Gaussian: two heads; Bernoulli: one, bounded above)
+    if cfg.layers == 1:
+        return (dense([N_PIXELS, *cfg.hidden, 2 * cfg.latent])
+                + dense([cfg.latent, *reversed(cfg.hidden), out]))
+    return (dense([N_PIXELS, *cfg.hidden, 2 * cfg.h1_latent])
+            + dense([cfg.h1_latent, *cfg.h1_hidden, 2 * cfg.latent])
+            + dense([cfg.latent, *reversed(cfg.h1_hidden), 2 * cfg.h1_latent])
+            + dense([cfg.h1_latent, *reversed(cfg.hidden), out]))
 
 
 # ---------------------------------------------------------------------------------------

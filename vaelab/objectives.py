@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, NamedTuple
 
+import keras
 from keras import ops
 
 from . import backend, registry
@@ -83,7 +84,12 @@ def posterior_log_weights(x, q, p_z, decode: Decode, k: int, seed):
 
 def stop_parameters(q: tfd.Distribution) -> tfd.Distribution:
     """q with every parameter behind a stop_gradient: the same density, whose log_prob at a
-    reparameterized z carries the path derivative through z only (STL and DReG need it)."""
+    reparameterized z carries the path derivative through z only (STL and DReG need it).
+    One stochastic layer only: a joint q(h1, h2 | x) has network outputs of a sample as
+    parameters, which a copy cannot stop (config refuses stl/dreg there; this refuses too,
+    rather than return q unstopped, i.e. the standard estimator under another name)."""
+    if isinstance(q, tfd.JointDistribution):
+        raise NotImplementedError("stl/dreg need one stochastic layer (registry.ONE_LAYER_ESTIMATORS)")
     def stop(v):
         if isinstance(v, tfd.Distribution):
             return stop_parameters(v)
@@ -229,8 +235,9 @@ def prior_mc(x, q, p_z, decode: Decode, k: int = 1, seed=None) -> Bound:
     astronomically large, because almost no prior sample explains a given x. It trains the
     decoder only; `q` is ignored.
     """
-    z = p_z.sample(k, seed=seed)  # [k, latent]
-    log_px_z = decode(z[:, None, :]).log_prob(x)  # [k, 1, 784] vs [B, 784] -> [k, B]
+    z = p_z.sample(k, seed=seed)  # [k, latent] (two layers: {h1, h2} of them)
+    z = keras.tree.map_structure(lambda t: t[:, None], z)  # [k, 1, latent]
+    log_px_z = decode(z).log_prob(x)  # [k, 1, 784] vs [B, 784] -> [k, B]
     return Bound(iwae_from_log_weights(log_px_z), {
         # -max_i log p(x|z_i): the one z that explains x best, who won the "fight". Not a
         # distortion (that is an expectation under q), hence its own name.

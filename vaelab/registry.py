@@ -20,6 +20,9 @@ class ObjectiveSpec:
     estimators: tuple[str, ...] = ("standard",)  # encoder gradient estimators it takes
     uses_encoder: bool = True  # False: only the decoder is trained (eq. 7)
     k_is_1: bool = False  # a one-sample objective
+    # uses KL(q || p) in closed form: one stochastic layer only (two layers have no closed
+    # form, their q(h2|h1) and p(h1|h2) being networks of a sample)
+    analytic_kl: bool = False
 
     def samples(self, k: int, m: int = 1) -> int:
         """Posterior (or prior) samples per digit and step."""
@@ -28,7 +31,7 @@ class ObjectiveSpec:
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {s.name: s for s in (
     ObjectiveSpec("elbo_analytic", "eq. (4): the ELBO with its KL in closed form", "elbo",
-                  k_is_1=True),
+                  k_is_1=True, analytic_kl=True),
     ObjectiveSpec("elbo_mc", "eq. (5): the one-sample ELBO, KL included", "elbo", k_is_1=True),
     ObjectiveSpec("vae_k", "Burda et al. 2015: the ELBO averaged over k samples", "elbo"),
     ObjectiveSpec("iwae", "eq. (11): the importance-weighted bound IWAE-k", "iwae",
@@ -56,6 +59,10 @@ ESTIMATORS: dict[str, str] = {
 SNR_SLOPE = {("standard", "encoder"): -0.5, ("standard", "decoder"): 0.5,
              ("dreg", "encoder"): 0.5, ("dreg", "decoder"): 0.5,
              ("stl", "decoder"): 0.5}
+
+# estimators that stop q's parameters by copying q (objectives.stop_parameters): one
+# stochastic layer only, since q(h2|h1)'s parameters are outputs of a network at a sample
+ONE_LAYER_ESTIMATORS = ("stl", "dreg")
 
 # per-model defaults of the hyperparameters above
 HPARAM_DEFAULTS = {"m": 1, "beta": 0.5}

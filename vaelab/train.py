@@ -105,10 +105,10 @@ class Model:
 
     def __init__(self, run: RunConfig, encoder=None, decoder=None):
         self.run = run
-        self.encoder = encoder if encoder is not None else models.build_encoder(run.model)
-        self.decoder = decoder if decoder is not None else models.build_decoder(run.model)
-        self.p_z = models.prior(run.model.latent)
-        self.decode = models.make_decode(self.decoder, run.model.decoder)
+        self.vae = models.VAE.build(run.model, encoder, decoder)  # one or two layers
+        self.encoder, self.decoder = self.vae.encoder, self.vae.decoder
+        self.p_z = self.vae.prior()
+        self.decode = self.vae.decode
         self.objective = objectives.objective(run.objective, **run.options())
         # JAX's step (make_step) keeps weights and optimizer slots as its own arrays between
         # calls; this writes them into the Keras variables. Call it before reading them.
@@ -116,7 +116,7 @@ class Model:
 
     def bound(self, x, seed, k=None) -> objectives.Bound:
         """The run's own objective on x: a Bound (bound [B], terms, surrogates)."""
-        q = models.posterior(self.encoder, x)
+        q = self.vae.posterior(x)
         return self.objective(x, q, self.p_z, self.decode, k or self.run.k, seed)
 
     @property
@@ -124,10 +124,8 @@ class Model:
         """(name, trainable variables) of each group an objective may give its own surrogate
         (Bound.surrogates). An objective that never calls the encoder (eq. 7) gives it no
         gradient, and Adam must not be handed None gradients for it."""
-        out = [("decoder", self.decoder.trainable_variables)]
-        if self.run.spec.uses_encoder:
-            out.insert(0, ("encoder", self.encoder.trainable_variables))
-        return out
+        return [(g, vs) for g, vs in self.vae.groups
+                if g != "encoder" or self.run.spec.uses_encoder]
 
     @property
     def variables(self):
@@ -290,7 +288,7 @@ def make_valid_bounds(model: Model, k: int, jit: bool):
     the same k posterior samples per digit: the curves every model shares. The IWAE bound's
     terms give the ELBO, mean log w = -(distortion + rate)."""
     def bounds(x, seed):
-        q = models.posterior(model.encoder, x)
+        q = model.vae.posterior(x)
         b = iwae(x, q, model.p_z, model.decode, k, seed)  # bound, terms: [B] each
         return {"elbo": -ops.sum(b.terms["distortion"] + b.terms["rate"]),
                 "Lk": ops.sum(b.bound)}
@@ -308,13 +306,24 @@ def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> 
     return {n: v / len(x) for n, v in sums.items()}
 
 
-def posterior_width(encoder: keras.Model, x: np.ndarray) -> dict:
+def posterior_width(model, x: np.ndarray) -> dict:
     """Active units and the median std of q(z|x) on them: logged every epoch, so the
-    curves show how the posterior narrows with training (the article's claim)."""
-    loc, scale = models.posterior_params(encoder, x)  # [N, latent] each
-    active = models.active_mask(loc)
-    width = float(np.median(scale[:, active])) if active.any() else float("nan")
-    return {"active_units": int(active.sum()), "posterior_std": width}
+    curves show how the posterior narrows with training (the article's claim). `model`: a
+    models.VAE, or a one-layer encoder. Two layers: also per layer (`_h1`, `_h2`; q(h2|h1)
+    at h1 = E_q[h1|x], models.VAE.posterior_params), the totals over both."""
+    layers = (model.posterior_params(x) if isinstance(model, models.VAE)
+              else [models.posterior_params(model, x)])  # [(loc, scale) [N, d]] per layer
+    out, widths = {}, []
+    for i, (loc, scale) in enumerate(layers, 1):
+        active = models.active_mask(loc)
+        widths.append(scale[:, active].ravel())
+        if len(layers) > 1:
+            out[f"active_units_h{i}"] = int(active.sum())
+            out[f"posterior_std_h{i}"] = float(np.median(widths[-1])) if active.any() \
+                else float("nan")
+    width = np.concatenate(widths)
+    return {"active_units": sum(int(models.active_mask(loc).sum()) for loc, _ in layers),
+            "posterior_std": float(np.median(width)) if width.size else float("nan"), **out}
 
 
 # ---------------------------------------------------------------------------------------
@@ -608,7 +617,7 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
                 f"{floor:.0f} (twice what a decoder answering 0.5 for every pixel scores). "
                 f"Likely cause: learning rate too high (train.learning_rate="
                 f"{t.learning_rate:g}: try 10x smaller). The last good checkpoint is kept.")
-        valid.update(posterior_width(model.encoder, xv))
+        valid.update(posterior_width(model.vae, xv))
         # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
         # over the validation digits at that k
         valid.update(evaluate_bound(shared_fn, xv, seed=20_000 + t.seed))

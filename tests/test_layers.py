@@ -1,0 +1,221 @@
+"""Two stochastic layers (model.layers: 2, vaelab.models.VAE): the joint distributions against
+a direct computation of log p(x, h1, h2) - log q(h1, h2 | x) from the networks' outputs,
+seeds, the export contract (a fresh process with plain Keras rebuilds log w), training and
+evaluation on a tiny model, and the config rules. Rerun on JAX by tests/test_backends.py."""
+from vaelab.quiet import silence_tf
+
+silence_tf()
+
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from keras import ops  # noqa: E402
+
+from vaelab import backend, evaluate, models, train  # noqa: E402
+from vaelab.config import EvaluateConfig, ModelConfig, ParamsError, parse_params  # noqa: E402
+from vaelab.objectives import iwae  # noqa: E402
+
+CFG = ModelConfig(latent=3, hidden=(12,), layers=2, h1_latent=5, h1_hidden=(7,))
+B, K = 4, 6
+
+
+def normal_logpdf(v, loc, scale):
+    return (-0.5 * ((v - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+
+def direct_log_w(encoder, decoder, x, h1, h2):
+    """log p(x|h1) + log p(h1|h2) + log p(h2) - log q(h1|x) - log q(h2|h1), in numpy from
+    the exported networks' outputs alone (README, export contract). h1, h2 [k, B, d]."""
+    k, b = h1.shape[:2]
+    xs = np.broadcast_to(x, (k, *x.shape)).reshape(k * b, -1)
+    f1, f2 = h1.reshape(k * b, -1), h2.reshape(k * b, -1)
+    loc1, scale1, loc2, scale2 = (np.asarray(t, np.float64) for t in encoder([xs, f1]))
+    ploc, pscale, logits = (np.asarray(t, np.float64) for t in decoder([f2, f1]))
+    f1, f2, xs = (a.astype(np.float64) for a in (f1, f2, xs))
+    log_px = (xs * logits - np.logaddexp(0, logits)).sum(-1)
+    log_p = log_px + normal_logpdf(f1, ploc, pscale) + normal_logpdf(f2, 0.0, 1.0)
+    log_q = normal_logpdf(f1, loc1, scale1) + normal_logpdf(f2, loc2, scale2)
+    return (log_p - log_q).reshape(k, b)
+
+
+@pytest.fixture(scope="module")
+def vae():
+    keras.utils.set_random_seed(0)
+    return models.VAE.build(CFG)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return (np.random.default_rng(0).random((B, 784)) < 0.3).astype(np.float32)
+
+
+def library_log_w(vae, x, seed):
+    q, p = vae.posterior(ops.convert_to_tensor(x)), vae.prior()
+    z = q.sample(K, seed=seed)
+    lw = vae.decode(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+    return z, np.asarray(lw)
+
+
+def test_two_layer_bound_is_the_direct_log_density_ratio(vae, x):
+    """The joint q and p give [K, B] log-densities that sum to log p(x, h1, h2) -
+    log q(h1, h2 | x) computed directly; the IWAE bound is its log-mean-exp."""
+    seed = backend.seed(3, 4)
+    z, lw = library_log_w(vae, x, seed)
+    assert set(z) == {"h1", "h2"}
+    assert z["h1"].shape == (K, B, 5) and z["h2"].shape == (K, B, 3) and lw.shape == (K, B)
+    want = direct_log_w(vae.encoder, vae.decoder, x, np.asarray(z["h1"]), np.asarray(z["h2"]))
+    np.testing.assert_allclose(lw, want, rtol=1e-5, atol=1e-3)
+    b = iwae(ops.convert_to_tensor(x), vae.posterior(ops.convert_to_tensor(x)), vae.prior(),
+             vae.decode, K, seed)
+    from scipy.special import logsumexp
+    np.testing.assert_allclose(np.asarray(b.bound), logsumexp(want, 0) - np.log(K),
+                               rtol=1e-5, atol=1e-3)
+
+
+def test_samples_are_pure_functions_of_the_seed(vae, x):
+    q = vae.posterior(ops.convert_to_tensor(x))
+    a, b, c = (q.sample(K, seed=s) for s in (backend.seed(1, 2), backend.seed(1, 2),
+                                              backend.seed(1, 3)))
+    for n in ("h1", "h2"):
+        np.testing.assert_array_equal(np.asarray(a[n]), np.asarray(b[n]))
+        assert not np.array_equal(np.asarray(a[n]), np.asarray(c[n]))
+    p1, p2 = (vae.prior().sample(K, seed=backend.seed(5, 6)) for _ in range(2))
+    np.testing.assert_array_equal(np.asarray(p1["h1"]), np.asarray(p2["h1"]))
+    assert p1["h1"].shape == (K, 5) and p1["h2"].shape == (K, 3)
+    np.testing.assert_array_equal(np.asarray(vae.sample(3, backend.seed(1, 0))),
+                                  np.asarray(vae.sample(3, backend.seed(1, 0))))
+
+
+def test_groups_put_p_h1_given_h2_in_the_decoder(vae):
+    groups = dict(vae.groups)
+    dec = {id(v) for v in groups["decoder"]}
+    assert {id(v) for v in vae.decoder.get_layer(models.P_H1).trainable_variables} <= dec
+    assert not dec & {id(v) for v in groups["encoder"]}
+    assert len(vae.variables) == len(groups["encoder"]) + len(groups["decoder"])
+
+
+EXPORT_CHECK = textwrap.dedent("""
+    import json, sys
+    import keras, numpy as np
+    folder = sys.argv[1]
+    enc = keras.saving.load_model(folder + "/encoder.keras")
+    dec = keras.saving.load_model(folder + "/decoder.keras")
+    info = json.load(open(folder + "/model.json"))
+    assert info["model.layers"] == 2
+    a = np.load(folder + "/z.npz")
+    x, h1, h2 = a["x"], a["h1"], a["h2"]  # [B, 784], [k, B, h1], [k, B, h2]
+    k, b = h1.shape[:2]
+    xs = np.broadcast_to(x, (k, *x.shape)).reshape(k * b, -1)
+    f1, f2 = h1.reshape(k * b, -1), h2.reshape(k * b, -1)
+    loc1, scale1, loc2, scale2 = (np.asarray(t, np.float64) for t in enc([xs, f1]))
+    ploc, pscale, logits = (np.asarray(t, np.float64) for t in dec([f2, f1]))
+    def n(v, m, s):
+        return (-0.5 * ((v - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)).sum(-1)
+    lw = ((xs * logits - np.logaddexp(0, logits)).sum(-1) + n(f1, ploc, pscale) + n(f2, 0, 1)
+          - n(f1, loc1, scale1) - n(f2, loc2, scale2)).reshape(k, b)
+    np.save(folder + "/lw.npy", lw)
+""")
+
+
+def test_export_round_trip_rebuilds_log_w_with_plain_keras(vae, x, tmp_path):
+    """models.save -> a fresh Python with plain Keras (no vaelab) loads encoder.keras and
+    decoder.keras and rebuilds log w at given (h1, h2) as the library computes it; the
+    library's Loaded from the same folder gives the same log w too."""
+    info = {"model.decoder": "bernoulli", "model.latent": 3, "model.layers": 2,
+            "model.h1_latent": 5, "model.h1_hidden": [7]}
+    models.save(tmp_path, vae.encoder, vae.decoder, info)
+    z, lw = library_log_w(vae, x, backend.seed(7, 8))
+    np.savez(tmp_path / "z.npz", x=x, h1=np.asarray(z["h1"]), h2=np.asarray(z["h2"]))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(tmp_path)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "lw.npy"), lw, rtol=1e-5, atol=1e-3)
+
+    m = evaluate.Loaded.from_folder(tmp_path)
+    assert m.vae.layers == 2
+    q, (p_z, decode) = m.vae.posterior(ops.convert_to_tensor(x)), m.parts()
+    lw2 = decode(z).log_prob(x) + p_z.log_prob(z) - q.log_prob(z)
+    np.testing.assert_allclose(np.asarray(lw2), lw, rtol=1e-6, atol=1e-4)
+
+
+def tiny_params(objective="iwae", k=3, layers=2, **entry):
+    return parse_params({
+        "model": {"latent": 3, "hidden": [16], "layers": layers, "h1_latent": 4,
+                  "h1_hidden": [8]},
+        "train": {"epochs": 1, "batch_size": 50},
+        "models": {"m": {"objective": objective, "k": k, **entry}}})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return (np.random.default_rng(1).random((160, 28, 28)) * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("objective,k", [("iwae", 3), ("prior_mc", 3)])
+def test_two_layer_training_and_evaluation(objective, k, digits):
+    """One tiny epoch: deterministic (same weights twice), finite, active units per layer;
+    the evaluation pieces run on the trained model."""
+    run = tiny_params(objective, k).models["m"]
+    out = [train.train(run, digits[:120], digits[120:], progress=train.Progress(
+        "m", 1, io.StringIO())) for _ in range(2)]
+    for a, b in zip(out[0].encoder.get_weights() + out[0].decoder.get_weights(),
+                    out[1].encoder.get_weights() + out[1].decoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    h = out[0].history[-1]
+    assert np.isfinite(h["valid_Lk"]) and np.isfinite(h["train_bound"])
+    assert h["valid_active_units"] == h["valid_active_units_h1"] + h["valid_active_units_h2"]
+    m = evaluate.Loaded("m", out[0].encoder, out[0].decoder, run.as_flat_dict())
+    xb = (digits[120:150].reshape(30, -1) > 127).astype(np.float32)
+    lw, kl = evaluate.log_weights(m, xb, 20, 10, 15, 1)
+    assert lw.shape == (20, 30) and np.isfinite(lw).all() and np.isfinite(kl).all()
+    st = evaluate.posterior_stats(m, xb)
+    assert st["active_units"] == st["active_units_h1"] + st["active_units_h2"]
+    assert evaluate.prior_log_likelihoods(m, xb, 12, 5, 15, 0).shape == (12, 30)
+    assert evaluate.prior_samples_of(m, 4, 0).shape == (4, 784)
+    assert evaluate.reconstructions(m, xb[:3]).shape == (3, 784)
+    assert np.isfinite(evaluate.own_bound(m, xb, 0, 15))
+    cfg = EvaluateConfig(k=20, n_test=30, chunk=10, batch_size=15, snr_k=(2,), snr_repeats=2,
+                         elbo_draws=5, prior_k=(1, 10))
+    out = evaluate.evaluate_model(m, xb, cfg)  # every measurement, SNR included
+    assert np.isfinite(out["nll"]) and out["active_units_h1"] <= 4 and "active_units_h2" in out
+
+
+def test_one_layer_model_json_keys_unchanged():
+    flat = tiny_params(layers=1).models["m"].as_flat_dict()
+    assert not {"model.layers", "model.h1_latent", "model.h1_hidden"} & set(flat)
+    assert tiny_params().models["m"].as_flat_dict()["model.layers"] == 2
+
+
+@pytest.mark.parametrize("edit,words", [
+    ({"objective": "elbo_analytic", "k": 1},
+     ["models.m.objective", "needs one stochastic layer (closed-form KL)", "elbo_mc"]),
+    ({"estimator": "dreg"}, ["models.m.estimator", "one stochastic layer only"]),
+    ({"estimator": "stl"}, ["models.m.estimator", "one stochastic layer only"]),
+    ({"layers": 3}, ["model.layers", "must be 1 or 2", "got 3"]),
+    ({"layers": True}, ["model.layers", "must be 1 or 2"]),
+    ({"h1_latent": 0}, ["models.m.h1_latent", "positive integer"]),
+    ({"h1_hidden": []}, ["models.m.h1_hidden", "non-empty list"]),
+])
+def test_config_errors(edit, words):
+    entry = {"objective": "iwae", "k": 3, **edit}
+    with pytest.raises(ParamsError) as e:
+        tiny_params(**entry)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_one_layer_allows_everything_it_did():
+    for entry in ({"objective": "elbo_analytic", "k": 1}, {"objective": "iwae", "k": 3,
+                                                          "estimator": "dreg"}):
+        tiny_params(layers=1, **entry)
+    tiny_params(objective="elbo_mc", k=1)
+    tiny_params(objective="miwae", k=2, m=2)
+    assert json.dumps(tiny_params(objective="ciwae", k=2).models["m"].as_flat_dict())
