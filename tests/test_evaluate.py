@@ -159,7 +159,8 @@ def test_every_claim_holds_on_numbers_that_show_it():
 
 @pytest.mark.parametrize("claim,change", [
     (1, lambda r: r["vae_mc"].update(nll=110.0, own_bound=-115.0)),
-    (2, lambda r: r["prior"].update(nll=101.0)),
+    (2, lambda r: r["prior"].update(_prior_vs_posterior={1: (-300.0, -106.0),
+                                                          5000: (-101.0, -140.0)})),
     (3, lambda r: r["vae"].update(posterior_std_median=0.9)),
     (4, lambda r: r["iwae"].update(nll=101.0, own_bound=-103.0)),
     (5, lambda r: r["iwae"].update(snr_standard_encoder_k50_median=2.0)),
@@ -201,19 +202,19 @@ def test_claim_6_tolerance_is_three_standard_errors_of_the_measured_spread():
     assert verdicts(results, infos)[6] == report.UNMEASURED
 
 
-def test_claim_2_scores_the_prior_model_by_the_nll_whatever_prior_sampling_says():
-    """One pre-declared estimator, -L_K by posterior sampling, for every model: a better
-    prior-sampling estimate of the prior model is shown but never picked by its value."""
+def test_claim_2_scores_each_model_by_the_estimator_its_objective_fixes():
+    """Pre-declared per objective, never picked by value: the prior-trained model by prior
+    sampling (its own eq. 7), the others by -L_K; the other estimate is shown, not used."""
     results, infos = fake_results()
-    # posterior sampling puts the prior model 43 nats behind the VAE, prior sampling 1
-    results["prior"].update(nll=140.0, _prior_vs_posterior={1: (-300.0, -150.0),
-                                                             5000: (-98.0, -140.0)})
+    # prior sampling puts the prior model 43 nats behind the VAE, its -L_K only 1
+    results["prior"].update(nll=98.0, _prior_vs_posterior={1: (-300.0, -150.0),
+                                                           5000: (-140.0, -98.0)})
     claim = report.claim_2(results, infos)
-    assert claim.verdict == report.HOLDS  # the max of the two estimates would make it fail
-    assert "140.00 (-L_K, posterior sampling" in claim.evidence and "not used" in claim.evidence
-    assert "evaluate.k" in claim.rule and "no choice between estimators" in claim.rule
-    # and the other way round: a NLL within 10 nats fails however bad prior sampling is
-    results["prior"].update(nll=101.0, _prior_vs_posterior={5000: (-400.0, -101.0)})
+    assert claim.verdict == report.HOLDS  # the better (max) of the two would make it fail
+    assert "140.00 (prior sampling, k=5000" in claim.evidence and "not used" in claim.evidence
+    assert "evaluate.k" in claim.rule and "before any number" in claim.rule
+    # and the other way round: within 10 nats by prior sampling fails, however bad -L_K is
+    results["prior"].update(nll=160.0, _prior_vs_posterior={5000: (-101.0, -160.0)})
     assert report.claim_2(results, infos).verdict == report.FAILS
 
 
