@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from . import registry
 from .config import parse_params
 
 THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
@@ -75,7 +76,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
 def step_matmuls(objective: str, k: int, batch_size: int, hidden, latent: int):
     """(rows, in, out) of every Dense matmul in one training step's forward pass."""
     dec = [latent, *reversed(hidden), 784]
-    if objective == "prior_mc":  # no encoder; k prior samples shared by the whole batch
+    if not registry.OBJECTIVES[objective].uses_encoder:  # eq. (7): k prior samples, shared
         return [(k, a, b) for a, b in zip(dec, dec[1:])]
     enc = [784, *hidden]
     return ([(batch_size, a, b) for a, b in zip(enc, enc[1:])]
@@ -140,9 +141,12 @@ def _tfdata_epoch(step, xs, order, batch_size, first_step, per_call):
 def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: int,
                 hidden=(200, 200), latent: int = 50, jit: bool = False,
                 precision: str = "float32", feed: str = "gather",
-                steps_per_execution: int | None = None, layers: int = 1) -> dict:
+                steps_per_execution: int | None = None, layers: int = 1,
+                options: dict | None = None) -> dict:
     """Training steps per second. layers 2: Burda et al.'s two-layer model (h1 100 units,
-    100-100 between h1 and h2, h2 `latent`); its FLOP count is not modelled (gflops nan)."""
+    100-100 between h1 and h2, h2 `latent`); its FLOP count is not modelled (gflops nan).
+    `options`: the objective's per-model options (m, beta, estimator; vaelab.registry)."""
+    options = options or {}
     from keras import ops
 
     from . import train
@@ -154,7 +158,7 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
         "model": {"hidden": list(hidden), "latent": latent, "precision": precision,
                   **({"layers": layers} if layers != 1 else {})},
         "train": train_cfg,
-        "models": {"m": {"objective": objective, "k": k}},
+        "models": {"m": {"objective": objective, "k": k, **options}},
     }, file="vaelab.bench options")
     per_call = params.models["m"].train.steps_per_execution
     model = train.Model(params.models["m"])
@@ -175,14 +179,19 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
 
     run_epoch()  # compile and warm up
     step_s = _median_time(run_epoch, repeats) / steps
-    mm_s = matmul_seconds(objective, k, batch_size, hidden, latent, repeats)
+    # m x k samples per digit for miwae/piwae (vaelab.registry); an objective with two
+    # gradient targets (piwae, stl, dreg) runs one backward pass per target, which the
+    # FLOP model (one backward pass) does not count
+    samples = params.models["m"].samples
+    mm_s = matmul_seconds(objective, samples, batch_size, hidden, latent, repeats)
     sps = batch_size / step_s
+    label = f"train {objective} k={k}" + "".join(f" {n}={v}" for n, v in options.items())
     if layers != 1:
-        return {"what": f"train {objective} k={k} batch={batch_size} {layers} layers",
+        return {"what": f"{label} batch={batch_size} {layers} layers",
                 "samples_per_s": sps, "gflops": float("nan"), "step_ms": 1e3 * step_s,
                 "matmul_ms": float("nan")}
-    return {"what": f"train {objective} k={k} batch={batch_size}", "samples_per_s": sps,
-            "gflops": sps * flops_per_example(objective, k, batch_size, hidden, latent) / 1e9,
+    return {"what": f"{label} batch={batch_size}", "samples_per_s": sps,
+            "gflops": sps * flops_per_example(objective, samples, batch_size, hidden, latent) / 1e9,
             "step_ms": 1e3 * step_s, "matmul_ms": 1e3 * mm_s}
 
 
@@ -253,7 +262,11 @@ def run_variants(variants: list[tuple[str, list, dict]], passthrough: list[str],
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--objective", default="iwae")
+    p.add_argument("--objective", default="iwae", choices=list(registry.OBJECTIVES))
+    p.add_argument("--m", type=int, help="miwae/piwae: groups of k samples (m x k per digit)")
+    p.add_argument("--beta", type=float, help="ciwae: the ELBO's weight")
+    p.add_argument("--estimator", choices=list(registry.ESTIMATORS),
+                   help="the encoder's gradient estimator (iwae family)")
     p.add_argument("--k", type=int, nargs="+", default=[50, 1],
                    help="IWAE k values to time (k=1 is timed as the VAE, elbo_analytic)")
     p.add_argument("--batch-size", type=int, nargs="+", default=[100])
@@ -325,10 +338,13 @@ def main(argv=None) -> dict:
         for k in args.k:
             obj = ("elbo_analytic" if args.layers == 1 else "elbo_mc") if k == 1 \
                 else args.objective
+            options = {} if obj != args.objective else {
+                n: v for n, v in (("m", args.m), ("beta", args.beta),
+                                  ("estimator", args.estimator)) if v is not None}
             rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=args.jit,
                                     precision=args.precision, feed=args.feed,
                                     steps_per_execution=args.steps_per_execution,
-                                    layers=args.layers))
+                                    layers=args.layers, options=options))
     if args.eval_images:
         rows.append(bench_eval(args.eval_k, args.eval_images, args.chunk, args.eval_batch,
                                max(1, args.repeats // 2), jit=args.jit,
