@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from vaelab import cli
-from vaelab.config import UserError, load_params
+from vaelab.config import DEFAULT_BUDGET, UserError, load_params
 from vaelab.quiet import use_backend
 
 
@@ -54,7 +54,7 @@ def main():
     use_backend(run.train.backend)  # before anything imports Keras
     import keras
 
-    from vaelab import backend, data, io, models, report, tracking, train
+    from vaelab import backend, data, io, models, tracking, train
     out = Path(args.out or f"models/{name}")
     metrics_path = Path(args.metrics or f"metrics/train/{name}.json")
     curve_path = Path(args.curve or f"metrics/curves/{name}.csv")
@@ -87,9 +87,9 @@ def main():
              "vaelab.device": ", ".join(backend.devices())}
     if run.init_from:
         extra["vaelab.init_from"] = run.init_from
-    if run.train.epochs < report.DEFAULT_BUDGET["train.epochs"]:
+    if run.train.epochs < DEFAULT_BUDGET["train.epochs"]:
         extra["vaelab.budget"] = (f"indicative: {run.train.epochs} of "
-                                  f"{report.DEFAULT_BUDGET['train.epochs']} epochs")
+                                  f"{DEFAULT_BUDGET['train.epochs']} epochs")
     tags = tracking.run_tags(f"train@{name}", extra)
     with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), tags,
                             run_id=resume_id) as log:

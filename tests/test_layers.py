@@ -101,6 +101,59 @@ def test_groups_put_p_h1_given_h2_in_the_decoder(vae):
     assert len(vae.variables) == len(groups["encoder"]) + len(groups["decoder"])
 
 
+def test_prior_std_is_the_std_of_prior_draws_of_h1(vae):
+    """models.VAE.prior_std (law of total variance over fixed h2 draws) against the std of
+    200,000 draws of h1 from the joint prior: within 4 standard errors per unit."""
+    std1, std2 = vae.prior_std()
+    assert np.array_equal(std2, np.ones(CFG.latent, np.float32))
+    n = 200_000
+    h1 = np.asarray(vae.prior().sample(n, seed=backend.seed(3, 0))["h1"], np.float64)
+    sample_std = h1.std(0)
+    # se of a sample std ~ std / sqrt(2n) for near-Gaussian draws; h1 is a Gaussian mixture,
+    # so allow its kurtosis: se = std * sqrt((kurtosis - 1) / (4 n))
+    kurt = ((h1 - h1.mean(0)) ** 4).mean(0) / sample_std**4
+    se = sample_std * np.sqrt((kurt - 1) / (4 * n)) + std1 * np.sqrt(0.5 / 10_000)
+    assert np.all(np.abs(std1 - sample_std) < 4 * se), (std1, sample_std, se)
+
+
+def _widen_h1(vae, c):
+    """The same model in another gauge: h1 -> c h1. q(h1|x) and p(h1|h2) give c times the
+    loc and scale; the first layers that read h1 (q(h2|h1), p(x|h1)) take kernel / c."""
+    out = models.VAE.build(CFG)
+    out.encoder.set_weights(vae.encoder.get_weights())
+    out.decoder.set_weights(vae.decoder.get_weights())
+    for net, name in ((out.encoder, models.Q_H1), (out.decoder, models.P_H1)):
+        g = net.get_layer(name)
+        loc = g.get_layer(f"{name}_loc")
+        loc.kernel.assign(loc.kernel * c)
+        loc.bias.assign(loc.bias * c)
+        r = g.get_layer(f"{name}_scale")  # Rescaling(1, offset=floor): c (softplus + floor)
+        r.scale, r.offset = c * r.scale, c * r.offset
+    for reader in (out.encoder.get_layer(models.Q_H2).get_layer(f"{models.Q_H2}_0"),
+                   out.decoder.get_layer(models.P_X).get_layer("dec_0")):
+        reader.kernel.assign(reader.kernel / c)
+    return out
+
+
+def test_h1_activity_is_read_in_units_of_its_prior_std(vae, x):
+    """p(h1|h2) is learned, so h1's scale is free: the model with q(h1|x) and p(h1|h2) both
+    c times wider (and h1's readers c times narrower) is the same model: the same log w draw
+    by draw. Its active units and widths, read in units of the prior's std, are the same;
+    Burda's raw threshold on Cov_x E_q[h1] (made for a N(0, 1) prior) counts differently."""
+    c = 1 / 30  # narrower: Burda's raw count falls from the untrained model's all-active
+    wide = _widen_h1(vae, c)
+    np.testing.assert_allclose(library_log_w(wide, x, backend.seed(5, 0))[1],
+                               library_log_w(vae, x, backend.seed(5, 0))[1], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(wide.prior_std()[0], c * vae.prior_std()[0], rtol=1e-4)
+    for (a_loc, a_scale), (b_loc, b_scale) in zip(wide.posterior_params(x), vae.posterior_params(x)):
+        np.testing.assert_allclose(a_loc, b_loc, rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(a_scale, b_scale, rtol=1e-4)
+    raw = lambda m: models.posterior_params(m.encoder.get_layer(models.Q_H1), x)[0]  # noqa: E731
+    assert models.active_mask(raw(wide)).sum() < models.active_mask(raw(vae)).sum()
+    assert models.active_mask(wide.posterior_params(x)[0][0]).sum() == \
+        models.active_mask(vae.posterior_params(x)[0][0]).sum()
+
+
 EXPORT_CHECK = textwrap.dedent("""
     import json, sys
     import keras, numpy as np

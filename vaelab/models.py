@@ -302,13 +302,33 @@ class VAE:
             return self.decoder(self.encoder(x)[0])
         return self.decoder.get_layer(P_X)(self.encoder.get_layer(Q_H1)(x)[0])
 
+    def prior_std(self, n: int = 10_000, seed: int = 0) -> list[np.ndarray]:
+        """The marginal std of p over each unit, per stochastic layer, float32 [d] each: 1 for
+        a N(0, I) layer; for h1 under a learned p(h1|h2), by the law of total variance,
+        Var p(h1) = E_h2[scale1(h2)^2] + Var_h2[loc1(h2)] over n fixed draws of h2 ~ N(0, I)
+        (Monte Carlo error ~ 1/sqrt(n) relative; deterministic for the seed)."""
+        if self.layers == 1:
+            return [np.ones(self.encoder.outputs[0].shape[-1], np.float32)]
+        p1 = self.decoder.get_layer(P_H1)
+        h2 = np.random.default_rng(seed).standard_normal((n, p1.inputs[0].shape[-1]))
+        loc, scale = posterior_params(p1, h2.astype(np.float32))  # [n, h1_latent] each
+        var = (scale.astype(np.float64) ** 2).mean(0) + loc.astype(np.float64).var(0)
+        return [np.sqrt(var).astype(np.float32), np.ones(h2.shape[-1], np.float32)]
+
     def posterior_params(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """[(loc, scale)] of q per stochastic layer, float32 [N, d] each. Two layers: q(h2|h1)
-        at h1 = E_q[h1|x] (the mean path, no sampling; vaelab.evaluate, active units)."""
+        """[(loc, scale)] of q per stochastic layer, float32 [N, d] each, in units of the
+        prior's marginal std of each unit (`prior_std`). One layer and h2 have a N(0, I) prior,
+        so these are q's own loc and scale. h1's prior p(h1|h2) is learned and its scale is
+        free (a model can widen q(h1|x) and p(h1|h2) together at no cost), so Burda et al.'s
+        active-unit threshold (Cov_x E_q[u] > 0.01, made for a unit prior) and claim 3's width
+        (against the prior's 1) are read on the same scale for every layer. Two layers:
+        q(h2|h1) at h1 = E_q[h1|x] (the mean path, no sampling; vaelab.evaluate, active units)."""
         if self.layers == 1:
             return [posterior_params(self.encoder, x)]
         loc1, scale1 = posterior_params(self.encoder.get_layer(Q_H1), x)
-        return [(loc1, scale1), posterior_params(self.encoder.get_layer(Q_H2), loc1)]
+        std1, _ = self.prior_std()
+        return [(loc1 / std1, scale1 / std1),
+                posterior_params(self.encoder.get_layer(Q_H2), loc1)]
 
     @property
     def groups(self) -> list[tuple[str, list]]:

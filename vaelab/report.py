@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import DEFAULT_BUDGET
 from .registry import SNR_SLOPE as SNR_THEORY
 
 HOLDS, FAILS, UNMEASURED = "HOLDS", "DOES NOT HOLD", "NOT MEASURED"
@@ -22,9 +23,6 @@ BURDA_MNIST = {
 }
 
 
-# The committed params.yaml's budget: below it, a run's verdicts are labelled indicative
-# (a few epochs, a loose L_k or a few test digits can flip a verdict either way).
-DEFAULT_BUDGET = {"train.epochs": 200, "evaluate.k": 5000, "evaluate.n_test": 500}
 
 
 def budget_epochs(info: dict) -> int:
