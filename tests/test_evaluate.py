@@ -139,12 +139,20 @@ def fake_results():
     # a fix (claim 7): 5 x 10 = 50 samples per digit like iwae, a smaller gap, NLL 0.2 worse
     results["piwae"].update(nll=97.2, gap_elbo_nll=7.0, active_units=18, own_bound=-99.0,
                             loss_minus_nll=1.8)
+    # two layers (claim 8): each below its one-layer counterpart, IWAE below the VAE with as
+    # many active units; a 2-layer VAE worse than the one-layer IWAE must not touch claim 4
+    for n, nll, au in (("vae_2l", 99.0, 16), ("iwae_2l", 96.0, 20)):
+        results[n] = copy.deepcopy(base)
+        results[n].update(nll=nll, own_bound=-nll - 2.0, active_units=au, active_units_h1=au - 3,
+                          active_units_h2=3, posterior_std_median=0.5)
     for r in results.values():
         r.update(nll_ref=r["nll"], loss_se=0.1, nll_ref_se=0.05, _nll_ref_by="NLL, L_5000")
     infos = {"vae": {"objective": "elbo_analytic", "k": 1}, "vae_mc": {"objective": "elbo_mc", "k": 1},
              "iwae": {"objective": "iwae", "k": 50, "estimator": "standard"},
              "prior": {"objective": "prior_mc", "k": 50},
-             "piwae": {"objective": "piwae", "k": 10, "m": 5, "estimator": "standard"}}
+             "piwae": {"objective": "piwae", "k": 10, "m": 5, "estimator": "standard"},
+             "vae_2l": {"objective": "elbo_mc", "k": 1, "model.layers": 2},
+             "iwae_2l": {"objective": "iwae", "k": 50, "estimator": "standard", "model.layers": 2}}
     return results, infos
 
 
@@ -154,7 +162,7 @@ def verdicts(results, infos):
 
 def test_every_claim_holds_on_numbers_that_show_it():
     assert set(verdicts(*fake_results()).values()) == {report.HOLDS}
-    assert len(verdicts(*fake_results())) == 7
+    assert len(verdicts(*fake_results())) == 8
 
 
 @pytest.mark.parametrize("claim,change", [
@@ -167,6 +175,9 @@ def test_every_claim_holds_on_numbers_that_show_it():
     (6, lambda r: r["iwae"].update(own_bound=-90.0)),
     (7, lambda r: r["piwae"].update(gap_elbo_nll=9.5)),  # the gap no smaller than IWAE's
     (7, lambda r: r["piwae"].update(nll=99.0, own_bound=-100.3)),  # NLL 2.0 > 2 x 0.83 worse
+    (8, lambda r: r["vae_2l"].update(nll=100.2, own_bound=-102.2)),  # above the one-layer VAE
+    (8, lambda r: r["iwae_2l"].update(nll=97.5, own_bound=-99.5)),  # above the one-layer IWAE
+    (8, lambda r: r["iwae_2l"].update(active_units=12)),  # fewer units than the 2-layer VAE
 ])
 def test_a_verdict_flips_when_its_numbers_do(claim, change):
     results, infos = fake_results()
@@ -187,7 +198,8 @@ def test_claim_1_takes_the_seed_spread_of_a_sweep():
     results, infos = fake_results()
     results["vae_mc"]["nll"] = 101.5  # 1.5 nats apart: over 1% of the NLL
     assert verdicts(results, infos)[1] == report.FAILS
-    claim = report.claim_1(results, infos, seed_std=0.8)  # 2 x 0.8 = 1.6 > 1.5
+    [claim] = [c for c in report.all_claims(results, infos, (1, 5, 50), seed_std=0.8)
+               if c.number == 1]  # 2 x 0.8 = 1.6 > 1.5
     assert claim.verdict == report.HOLDS and "0.80 (evaluate.nll_seed_std)" in claim.evidence
 
 
@@ -411,3 +423,23 @@ def test_claim_7_the_fixes_keep_the_encoder():
     del results["piwae"], infos["piwae"]
     c = report.claim_7(results, infos, 0.83)
     assert c.verdict == report.UNMEASURED and "-S '++models.miwae={objective: miwae" in c.evidence
+
+
+def test_claim_8_two_layers_and_isolation_of_the_article_claims():
+    """Without two-layer models claim 8 is NOT MEASURED and names the command; two-layer
+    models never enter claims 1-5 and 7 (a two-layer IWAE far worse than the one-layer VAE
+    leaves claim 4 holding), while claim 6 reads every model."""
+    results, infos = fake_results()
+    for n in ("vae_2l", "iwae_2l"):
+        del results[n], infos[n]
+    c = report.claim_8(results, infos)
+    assert c.verdict == report.UNMEASURED and "layers: 2}" in c.evidence
+    results, infos = fake_results()
+    results["iwae_2l"].update(nll=130.0, nll_ref=130.0, own_bound=-132.0)
+    v = {c.number: c.verdict for c in report.all_claims(results, infos, (1, 5, 50), 0.83)}
+    assert v[4] == report.HOLDS and v[8] == report.FAILS
+    results["iwae_2l"].update(own_bound=-120.0)  # its loss below its NLL: claim 6 sees it
+    v = {c.number: c.verdict for c in report.all_claims(results, infos, (1, 5, 50), 0.83)}
+    assert v[6] == report.FAILS
+    # the one-layer counterpart of a two-layer VAE (elbo_mc) may be elbo_analytic
+    assert "vae_2l vs vae:" in report.claim_8(*fake_results()).evidence
