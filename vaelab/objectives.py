@@ -74,9 +74,13 @@ def posterior_log_weights(x, q, p_z, decode: Decode, k: int, seed):
     encoder's loc and scale: this is eq. (12).
     Returns log p(x|z), log p(z), log q(z|x), each [k, B].
     """
-    z = q.sample(k, seed=seed)  # [k, B, latent]
-    log_px_z = decode(z).log_prob(x)  # [k, B]
-    return log_px_z, p_z.log_prob(z), q.log_prob(z)
+    return _draw(x, q, p_z, decode, k, seed)[1:]
+
+
+def _draw(x, q, p_z, decode: Decode, k: int, seed):
+    """z [k, B, latent] ~ q(z|x) and log p(x|z), log p(z), log q(z|x) at it, [k, B] each."""
+    z = q.sample(k, seed=seed)
+    return z, decode(z).log_prob(x), p_z.log_prob(z), q.log_prob(z)
 
 
 # --------------------------------------------------------------------------------------
@@ -135,11 +139,10 @@ def _sample_log_weights(x, q, p_z, decode: Decode, n: int, seed, estimator: str)
     """n reparameterized samples: log w [n, B], the same with q's parameters stopped (for
     STL and DReG; None for the standard estimator, which does not need it) and the
     per-example terms distortion, rate and ess [B]."""
-    log_px_z, log_pz, log_qz = posterior_log_weights(x, q, p_z, decode, n, seed)
+    z, log_px_z, log_pz, log_qz = _draw(x, q, p_z, decode, n, seed)
     log_w = log_px_z + log_pz - log_qz  # [n, B]
     log_w_path = None
     if estimator != "standard":
-        z = q.sample(n, seed=seed)  # the same z: same seed, same reparameterization
         log_w_path = log_px_z + log_pz - stop_parameters(q).log_prob(z)
     terms = {"distortion": -backend.mean(log_px_z, 0),
              "rate": backend.mean(log_qz - log_pz, 0),
