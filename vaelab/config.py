@@ -389,9 +389,6 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
     if model.layers > 1 and spec.analytic_kl:
         c.fail(f"{key}.objective", f"{objective} needs one stochastic layer (closed-form KL); "
                f"use elbo_mc with model.layers {model.layers}", objective)
-    if model.layers > 1 and estimator in registry.ONE_LAYER_ESTIMATORS:
-        c.fail(f"{key}.estimator", f"{estimator} is implemented for one stochastic layer only "
-               "(q(h2|h1)'s parameters are network outputs); use standard", estimator)
     if model.decoder == "gaussian" and data.binarize != "none":
         c.fail(f"{key}.decoder" if "decoder" in raw else "model.decoder",
                "gaussian requires data.binarize: none (it models grey values)", model.decoder)

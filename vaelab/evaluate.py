@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import backend, models, registry, snr
+from . import backend, models, snr
 from . import data as vdata
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
@@ -326,10 +326,7 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         out["nll_discrete"] = vdata.discrete_nll(nll, x.shape[1])
         out["bits_per_dim"] = vdata.bits_per_dim(nll, x.shape[1])
     # gradient SNR per parameter, one digit at a time (Rainforth et al. 2018): vaelab.snr
-    # stl/dreg exist for one stochastic layer only (vaelab.registry): left out, not faked
-    estimators = [e for e in cfg.snr_estimators
-                  if int(m.info.get("model.layers", 1)) == 1 or e not in registry.ONE_LAYER_ESTIMATORS]
-    s = timed("snr", snr.model_snr, m, x, cfg.snr_k, estimators, cfg.snr_digits,
+    s = timed("snr", snr.model_snr, m, x, cfg.snr_k, cfg.snr_estimators, cfg.snr_digits,
               cfg.snr_repeats, cfg.seed)
     out.update(snr.flat_metrics(s["result"]))
     out["_snr"] = s["result"]  # nested, for the report's table and figure

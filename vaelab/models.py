@@ -211,8 +211,9 @@ def build_decoder2(cfg: ModelConfig) -> keras.Model:
     return keras.Model([h2, h1], [*p1(h2), *_outputs(px(h1))], name="decoder")
 
 
-def _apply(net: keras.Model, t):
-    """A [loc, scale] network on t [..., d] with any leading axes: [..., out] each."""
+def _apply(net, t):
+    """A [loc, scale] network (or a call of one) on t [..., d] with any leading axes:
+    [..., out] each."""
     lead = ops.shape(t)[:-1]
     out = net(ops.reshape(t, (-1, t.shape[-1])))
     return [_float(ops.reshape(o, (*lead, o.shape[-1]))) for o in out]
@@ -222,13 +223,39 @@ def _normal(loc, scale) -> tfd.Distribution:
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
 
+def _weights_stopped(net: keras.Model):
+    """net's forward pass with its weights behind a stop-gradient; its input stays live.
+    The values are read at call time (on JAX, inside the step's StatelessScope: the traced
+    weights), then stopped, and the call runs in a scope of its own that maps every weight of
+    net to them."""
+    def call(t):
+        mapping = [(v, ops.stop_gradient(v.value)) for v in net.variables]
+        with keras.StatelessScope(state_mapping=mapping):
+            return net(t)
+    return call
+
+
 def posterior2(encoder: keras.Model, x) -> tfd.Distribution:
-    """q(h1, h2 | x) = q(h1|x) q(h2|h1): a joint over {"h1", "h2"}, batch [B]."""
+    """q(h1, h2 | x) = q(h1|x) q(h2|h1): a joint over {"h1", "h2"}, batch [B].
+
+    It carries `stopped_parameters()`: the same density with the encoder's weights behind a
+    stop-gradient, for the STL and DReG estimators (objectives.stop_parameters). q(h1|x)'s
+    parameters are stopped outputs; q(h2|h1)'s network runs with stopped weights on the
+    live h1, so log q(h1, h2) at a reparameterized sample keeps the path derivative through
+    h1 and h2 (which a copy of q with stopped parameters would cut at h1) and loses only the
+    direct dependence on the weights: the score term."""
     q2 = encoder.get_layer(Q_H2)
-    return tfd.JointDistributionNamed({
-        "h1": _normal(*(_float(t) for t in encoder.get_layer(Q_H1)(x))),
+    loc1, scale1 = (_float(t) for t in encoder.get_layer(Q_H1)(x))  # [B, h1_latent] each
+    q = tfd.JointDistributionNamed({
+        "h1": _normal(loc1, scale1),
         "h2": lambda h1: _normal(*_apply(q2, h1)),
     })
+    q2_stopped = _weights_stopped(q2)
+    q.stopped_parameters = lambda: tfd.JointDistributionNamed({
+        "h1": _normal(ops.stop_gradient(loc1), ops.stop_gradient(scale1)),
+        "h2": lambda h1: _normal(*_apply(q2_stopped, h1)),
+    })
+    return q
 
 
 def prior2(decoder: keras.Model) -> tfd.Distribution:

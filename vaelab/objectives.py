@@ -89,11 +89,15 @@ def _draw(x, q, p_z, decode: Decode, k: int, seed):
 def stop_parameters(q: tfd.Distribution) -> tfd.Distribution:
     """q with every parameter behind a stop_gradient: the same density, whose log_prob at a
     reparameterized z carries the path derivative through z only (STL and DReG need it).
-    One stochastic layer only: a joint q(h1, h2 | x) has network outputs of a sample as
-    parameters, which a copy cannot stop (config refuses stl/dreg there; this refuses too,
-    rather than return q unstopped, i.e. the standard estimator under another name)."""
+    A joint q(h1, h2 | x) cannot be stopped by copying (q(h2|h1)'s parameters are network
+    outputs at the sampled h1): it brings its own `stopped_parameters()` from where its
+    networks are known (vaelab.models.posterior2); a joint without one is refused rather
+    than returned unstopped (the standard estimator under another name)."""
     if isinstance(q, tfd.JointDistribution):
-        raise NotImplementedError("stl/dreg need one stochastic layer (registry.ONE_LAYER_ESTIMATORS)")
+        stopped = getattr(q, "stopped_parameters", None)
+        if stopped is None:
+            raise NotImplementedError("stl/dreg need a joint q that brings stopped_parameters()")
+        return stopped()
     def stop(v):
         if isinstance(v, tfd.Distribution):
             return stop_parameters(v)

@@ -60,9 +60,5 @@ SNR_SLOPE = {("standard", "encoder"): -0.5, ("standard", "decoder"): 0.5,
              ("dreg", "encoder"): 0.5, ("dreg", "decoder"): 0.5,
              ("stl", "decoder"): 0.5}
 
-# estimators that stop q's parameters by copying q (objectives.stop_parameters): one
-# stochastic layer only, since q(h2|h1)'s parameters are outputs of a network at a sample
-ONE_LAYER_ESTIMATORS = ("stl", "dreg")
-
 # per-model defaults of the hyperparameters above
 HPARAM_DEFAULTS = {"m": 1, "beta": 0.5}
