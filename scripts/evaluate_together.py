@@ -7,15 +7,18 @@ one, when the two-layer models were trained in another clone or experiment).
 
 Uses params.yaml's `evaluate:` section and data/prepared's test digits. Every folder's
 model.json must name the same data as params.yaml (source, path, seed, valid and test sizes):
-models trained on another split would be scored on digits they may have trained on. `--snr-light` measures the gradient SNR on one digit with 10 draws
-(claims 5 and 7 then rest on that; claim 8 does not read it). Writes nothing in the repo.
+models trained on another split would be scored on digits they may have trained on.
+`--snr-light` measures the gradient SNR on one digit with 10 draws (claims 5 and 7 then rest
+on that; claim 8 does not read it). Writes nothing in the repo. Errors a user can cause (a
+missing or damaged folder, another data split) are one line and exit status 2.
 """
 import argparse
 import dataclasses
 import json
 from pathlib import Path
 
-from vaelab.config import load_params
+from vaelab import cli
+from vaelab.config import UserError, load_params
 from vaelab.quiet import use_backend
 
 
@@ -38,18 +41,21 @@ def main():
     results, infos = {}, {}
     want = {f"data.{k}": v for k, v in dataclasses.asdict(params.data).items()
             if k in ("source", "path", "seed", "valid_size", "test_size")}
+    loaded = {}  # every folder checked before anything is computed, as the evaluate stage does
     for folder in map(Path, args.folders):
         m = evaluate.Loaded.from_folder(folder)
         got = {k: m.info.get(k) for k in want}
         if got != want:
-            raise SystemExit(f"{folder}/model.json: trained on {got}, params.yaml's data is "
-                             f"{want}; evaluate models of one data split together")
-        if m.name in results:
-            raise SystemExit(f"{folder}: a second model named {m.name!r}; rename one folder")
-        results[m.name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind, cfg.seed), cfg)
-        infos[m.name] = m.info
-        r = results[m.name]
-        print(f"{m.name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, gap {r['gap_elbo_nll']:.2f}, "
+            raise UserError(f"{folder}/model.json: trained on {got}, params.yaml's data is "
+                            f"{want}; evaluate models of one data split together")
+        if m.name in loaded:
+            raise UserError(f"{folder}: a second model named {m.name!r}; rename one folder")
+        loaded[m.name] = m
+    for name, m in loaded.items():
+        results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind, cfg.seed), cfg)
+        infos[name] = m.info
+        r = results[name]
+        print(f"{name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, gap {r['gap_elbo_nll']:.2f}, "
               f"active units {report._units(r)}", flush=True)
     for c in report.all_claims(results, infos, cfg.snr_k, cfg.nll_seed_std):
         print(f"\nclaim {c.number}: {c.title}: {c.verdict}\n  rule: {c.rule}\n  measured: {c.evidence}")
@@ -59,4 +65,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "evaluate_together")
