@@ -46,7 +46,8 @@ def load_source(source: str, path: str | None = None) -> tuple[np.ndarray, np.nd
     if source == "mnist5k":
         return _load_mnist5k()
     if source in ("mnist", "fashion_mnist"):
-        return _load_keras(source)
+        (x, y), (xt, yt) = _load_keras(source)
+        return np.concatenate([x, xt]), np.concatenate([y, yt])
     if source in ("idx", "npz"):
         if not path:
             what = "a folder holding the idx files" if source == "idx" else "an .npz file"
@@ -71,7 +72,8 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return x, np.asarray(y, dtype=np.int64)
 
 
-def _load_keras(source: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_keras(source: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The published (train, test) pairs, as keras downloads them."""
     try:
         if source == "mnist":
             from keras.datasets import mnist as dataset
@@ -92,10 +94,8 @@ def _load_keras(source: str) -> tuple[np.ndarray, np.ndarray]:
             "'data.source: idx' with data.path pointing at a folder of the idx files "
             "(e.g. t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), "
             "or 'data.source: npz' with data.path naming an .npz holding x and y")
-    # keras' own train/test split is dropped: `split` applies ours, seeded.
-    x = np.concatenate([x_train, x_test]).astype(np.uint8, copy=False)
-    y = np.concatenate([y_train, y_test]).astype(np.int64)
-    return x, y
+    return ((x_train.astype(np.uint8, copy=False), y_train.astype(np.int64)),
+            (x_test.astype(np.uint8, copy=False), y_test.astype(np.int64)))
 
 
 # ----------------------------------------------------------------------------------------
@@ -396,7 +396,12 @@ def bits_per_dim(nll_dequantized: float, pixels: int = PIXELS) -> float:
 def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, int]:
     """Write train.npz, valid.npz, test.npz into out_dir; return their sizes."""
     out_dir = Path(out_dir)
-    if cfg.source == "idx" and cfg.path:
+    # A source published with a test set keeps it (Burda et al.'s benchmark, and every
+    # table users compare against): mnist and fashion_mnist as keras downloads them, idx
+    # folders with t10k-/test- files. The same digits either way, so the same split.
+    if cfg.source in ("mnist", "fashion_mnist"):
+        parts = official_split(*_load_keras(cfg.source), cfg.valid_size, cfg.test_size, cfg.seed)
+    elif cfg.source == "idx" and cfg.path:
         parts = official_split(*idx_split(cfg.path), cfg.valid_size, cfg.test_size, cfg.seed)
     else:
         x, y = load_source(cfg.source, cfg.path)
