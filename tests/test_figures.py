@@ -19,3 +19,14 @@ def test_figures_are_labelled_and_legends_hide_no_points(monkeypatch, tmp_path):
     drawn[0].canvas.draw()
     legend, axes = lines.get_legend().get_window_extent(), lines.get_window_extent()
     assert legend.x0 >= axes.x1, "the legend sits beside the axes, not over the points"
+
+
+def test_convergence_figure(tmp_path):
+    import numpy as np
+
+    from vaelab import figures
+    passes = np.arange(1, 11)
+    figures.convergence(tmp_path / "c.png", {"iwae": (passes, -(120 - np.log(passes))),
+                                             "vae": (passes, -(125 - np.log(passes)))},
+                        {"iwae": (10, 95.0)}, {"iwae": 84.78}, k_valid=50)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -135,3 +135,42 @@ def snr_vs_k(path, results: dict[str, dict], title: str) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(title)
     save_figure(path, fig)
+
+
+def convergence(path, curves: dict[str, tuple[np.ndarray, np.ndarray]],
+                test_nll: dict[str, tuple[int, float]], published: dict[str, float],
+                k_valid: int, end_passes: int = 3280) -> None:
+    """One panel per model: -(validation L_k) against passes on a log axis, the test NLL at the
+    pass it was measured, the published NLL of the same row and the end of the published
+    schedule, so a reader sees how far each row is from where the literature stopped.
+    Measured points only: nothing is extrapolated."""
+    plt = _pyplot()
+    names = list(curves)
+    cols = min(3, len(names)) or 1
+    rows = -(-len(names) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        passes, valid_lk = curves[name]
+        ax.plot(passes, -np.asarray(valid_lk), lw=1.2, label=f"valid -L_{k_valid}")
+        if name in test_nll:
+            at, nll = test_nll[name]
+            ax.plot([at], [nll], "o", color="C3", label=f"test NLL {nll:.2f}")
+        if name in published:
+            ax.axhline(published[name], color="k", ls="--", lw=0.8,
+                       label=f"Burda et al. {published[name]:.2f}")
+        ax.axvline(end_passes, color="grey", ls=":", lw=0.8, label=f"{end_passes:,} passes")
+        ax.set_xscale("log")
+        ax.set_xlim(0.8, end_passes * 1.3)
+        lows = [v for v in (published.get(name), test_nll.get(name, (0, None))[1]) if v]
+        top = float(np.percentile(-np.asarray(valid_lk), 90)) if len(valid_lk) else 100.0
+        ax.set_ylim(min([float(np.min(-np.asarray(valid_lk)))] + lows) - 1, top + 1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("passes over the training digits")
+        ax.set_ylabel("nats (lower is better)")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("Convergence: how far each row is from the end of Burda et al.'s schedule",
+                 fontsize=10)
+    fig.tight_layout()
+    save_figure(path, fig)
