@@ -76,6 +76,18 @@ class ModelConfig:
     h1_latent: int = 100  # two layers only: units of h1
     h1_hidden: tuple[int, ...] = (100, 100)  # two layers only: the layers between h1 and h2
 
+    @property
+    def stochastic(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """(units, hidden sizes below it) of each stochastic layer from x up: what
+        vaelab.models builds. One layer: ((latent, hidden),); two (Burda et al.):
+        ((h1_latent, hidden), (latent, h1_hidden)); more (the library takes any number,
+        params.yaml 1 or 2): further layers of h1_latent units on h1_hidden between h1 and
+        the top."""
+        if self.layers == 1:
+            return ((self.latent, self.hidden),)
+        middle = ((self.h1_latent, self.h1_hidden),) * (self.layers - 2)
+        return ((self.h1_latent, self.hidden), *middle, (self.latent, self.h1_hidden))
+
 
 def burda_stages(n: int) -> list[tuple[int, float]]:
     """Burda et al. 2015's schedule: stage i = 0..n-1 runs 3^i passes at learning rate

@@ -92,7 +92,7 @@ def stop_parameters(q: tfd.Distribution) -> tfd.Distribution:
     reparameterized z carries the path derivative through z only (STL and DReG need it).
     A joint q(h1, h2 | x) cannot be stopped by copying (q(h2|h1)'s parameters are network
     outputs at the sampled h1): it brings its own `stopped_parameters()` from where its
-    networks are known (vaelab.models.posterior2); a joint without one is refused rather
+    networks are known (vaelab.models.posterior_layers); a joint without one is refused rather
     than returned unstopped (the standard estimator under another name)."""
     if isinstance(q, tfd.JointDistribution):
         stopped = getattr(q, "stopped_parameters", None)

@@ -92,6 +92,11 @@ def taking(hparam: str) -> list[str]:
     return [o for o, s in OBJECTIVES.items() if hparam in s.hparam_names]
 
 
+def of_family(family: str) -> list[str]:
+    """The objectives of a family ("elbo", "iwae", "prior"), in registry order."""
+    return [o for o, s in OBJECTIVES.items() if s.family == family]
+
+
 def one_sample(layers: int = 1) -> str:
     """The one-sample ELBO to time or train as "the VAE": in closed form where the model
     allows it (one stochastic layer), else its Monte Carlo twin."""
