@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from . import card
 from .backend import tfd
 from .config import ModelConfig, UserError
 
@@ -433,31 +433,42 @@ def n_weights(cfg: ModelConfig) -> int:
 # ---------------------------------------------------------------------------------------
 # export: encoder.keras, decoder.keras, model.json
 
-def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model, info: dict) -> None:
+def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model,
+         info: "card.ModelCard | dict") -> None:
     """Write the three files into `folder` (the caller makes it a fresh temp folder and renames
-    it into place, so a half-saved model is never seen)."""
+    it into place, so a half-saved model is never seen). `info`: the model card (vaelab.card)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     encoder.save(folder / "encoder.keras")
     decoder.save(folder / "decoder.keras")
-    (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    card.write_info(folder, info)
 
 
 def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
+    """(encoder, decoder, the model card's flat content: vaelab.card.read_info)."""
     folder = Path(folder)
-    missing = [n for n in ("encoder.keras", "decoder.keras", "model.json")
+    missing = [n for n in ("encoder.keras", "decoder.keras", card.FILE)
                if not (folder / n).exists()]
     if missing:
         raise MissingModelError(
             f"{folder}: missing {', '.join(missing)}; train it first (dvc repro train@{folder.name})")
     loaded = []
-    for name in ("model.json", "encoder.keras", "decoder.keras"):
+    for name in (card.FILE, "encoder.keras", "decoder.keras"):
         try:
-            loaded.append(json.loads((folder / name).read_text()) if name == "model.json"
+            loaded.append(card.read_info(folder) if name == card.FILE
                           else keras.saving.load_model(folder / name))
+        except card.CardError:
+            raise
         except Exception as e:  # noqa: BLE001 - Keras reports a damaged zip as "File not found"
             raise DamagedModelError(
                 f"{folder / name}: damaged, cannot be read ({type(e).__name__}); retrain it "
                 f"(dvc repro -f train@{folder.name})") from None
     info, encoder, decoder = loaded
     return encoder, decoder, info
+
+
+def load_vae(folder: str | Path) -> tuple[VAE, "card.ModelCard"]:
+    """The model in `folder` as one model object, and its card."""
+    encoder, decoder, info = load(folder)
+    model_card = card.ModelCard.from_info(info, str(Path(folder) / card.FILE))
+    return VAE(encoder, decoder, model_card.model_config().decoder), model_card
