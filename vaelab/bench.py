@@ -261,7 +261,7 @@ def run_variants(variants: list[tuple[str, list, dict]], passthrough: list[str],
     return out
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", default=registry.of_family("iwae")[0],
                    choices=list(registry.OBJECTIVES))
@@ -298,7 +298,19 @@ def main(argv=None) -> dict:
                    help="stochastic layers of the trained model (model.layers; k=1: "
                         f"{registry.one_sample(2)})")
     p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
+    return p
+
+
+def _saved(path: str | None, out: dict) -> dict:
+    if path:
+        from .io import write_json
+
+        write_json(path, out)
+    return out
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
 
     if args.backend is not None and len(args.backend) > 1:
         if args.levers is not None:
@@ -307,12 +319,7 @@ def main(argv=None) -> dict:
         raw = argv if argv is not None else sys.argv[1:]
         passthrough = [a for a in raw if a != "--backend" and a not in args.backend]
         variants = [(b, ["--backend", b], {}) for b in args.backend]
-        out = {"backends": run_variants(variants, passthrough, "backend")}
-        if args.json:
-            from .io import write_json
-
-            write_json(args.json, out)
-        return out
+        return _saved(args.json, {"backends": run_variants(variants, passthrough, "backend")})
 
     from .quiet import use_backend
 
@@ -322,12 +329,7 @@ def main(argv=None) -> dict:
     if args.levers is not None:
         skip = {"--levers"} | set(LEVERS)
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in skip]
-        out = {"levers": run_levers(args.levers or list(LEVERS), passthrough)}
-        if args.json:
-            from .io import write_json
-
-            write_json(args.json, out)
-        return out
+        return _saved(args.json, {"levers": run_levers(args.levers or list(LEVERS), passthrough)})
 
     if args.tfp_bernoulli:
         models.BernoulliLogits = models.tfd.Bernoulli
@@ -361,11 +363,7 @@ def main(argv=None) -> dict:
            "precision": args.precision, "feed": args.feed, "threads": threads,
            "steps_per_execution": args.steps_per_execution, "tfp_bernoulli": args.tfp_bernoulli,
            "results": rows}
-    if args.json:
-        from .io import write_json
-
-        write_json(args.json, out)
-    return out
+    return _saved(args.json, out)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ SOURCES = ("mnist5k", "mnist", "fashion_mnist", "idx", "npz")
 BINARIZE = ("dynamic", "static", "threshold", "none")
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
 DECODERS = ("bernoulli", "gaussian")
-OBJECTIVES = tuple(registry.OBJECTIVES)
-ESTIMATORS = tuple(registry.ESTIMATORS)
 PRECISIONS = ("float32", "mixed_bfloat16")
 BACKENDS = ("tensorflow", "jax")  # Keras backends; TFP's substrate follows (vaelab.backend)
 SCHEDULES = ("constant", "burda")
@@ -366,8 +364,8 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
     extra = ("init_from",) if section == "switched" else ()
     c.known_keys(raw, ("objective", "k") + hparams + extra + model_keys + train_keys, key)
     if "objective" not in raw:
-        c.fail(f"{key}.objective", f"is required; one of {', '.join(OBJECTIVES)}")
-    objective = c.choice(raw["objective"], f"{key}.objective", OBJECTIVES)
+        c.fail(f"{key}.objective", f"is required; one of {', '.join(registry.OBJECTIVES)}")
+    objective = c.choice(raw["objective"], f"{key}.objective", tuple(registry.OBJECTIVES))
     spec = registry.OBJECTIVES[objective]
     k = c.integer(raw.get("k", 1), f"{key}.k", low=1)
     if "valid_k" in raw:

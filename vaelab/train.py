@@ -195,6 +195,36 @@ def make_step(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optim
     return tf.function(steps, jit_compile=jit)
 
 
+def _jax_grad_fn(vae: models.VAE, run: RunConfig, variables: list, dynamic: bool):
+    """(values, x, seed) -> ((loss, logs), gradients of `variables` at values): one forward
+    pass, one backward pass per target, so each group keeps the gradient of its own target
+    (a single target: every variable's, as value_and_grad)."""
+    import jax
+    import jax.numpy as jnp
+
+    groups = trained_groups(vae, run)
+    sizes = [len(vs) for _, vs in groups]
+
+    def targets(values, x, seed):
+        """[loss] or [one surrogate loss per group], and (loss, logs)."""
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            loss, surrogates, logs = step_loss(vae, run, x, seed, dynamic)
+        out = [loss] if surrogates is None else [surrogates[g] for g, _ in groups]
+        return jnp.stack(out), (loss, logs)
+
+    def grad_fn(values, x, seed):
+        out, vjp, (loss, logs) = jax.vjp(lambda v: targets(v, x, seed), values, has_aux=True)
+        if out.shape[0] == 1:
+            return (loss, logs), vjp(jnp.ones_like(out))[0]
+        grads, start = [], 0
+        for i, n in enumerate(sizes):
+            grads += vjp(jnp.zeros_like(out).at[i].set(1.0))[0][start:start + n]
+            start += n
+        return (loss, logs), grads
+
+    return grad_fn
+
+
 def _make_step_jax(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optimizer,
                    dynamic: bool):
     """make_step on JAX: a pure function of (weights, optimizer slots, batches, seeds),
@@ -207,28 +237,8 @@ def _make_step_jax(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.
     import jax
     import jax.numpy as jnp
 
-    groups = trained_groups(vae, run)
     variables, slots = trained_variables(vae, run), optimizer.variables
-    sizes = [len(vs) for _, vs in groups]
-
-    def targets(values, x, seed):
-        """[loss] or [one surrogate loss per group], and (loss, logs)."""
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            loss, surrogates, logs = step_loss(vae, run, x, seed, dynamic)
-        out = [loss] if surrogates is None else [surrogates[g] for g, _ in groups]
-        return jnp.stack(out), (loss, logs)
-
-    def grad_fn(values, x, seed):
-        # one forward pass, one backward pass per target: each group keeps the gradient of
-        # its own target (a single target: every variable's, as value_and_grad)
-        out, vjp, (loss, logs) = jax.vjp(lambda v: targets(v, x, seed), values, has_aux=True)
-        if out.shape[0] == 1:
-            return (loss, logs), vjp(jnp.ones_like(out))[0]
-        grads, start = [], 0
-        for i, n in enumerate(sizes):
-            grads += vjp(jnp.zeros_like(out).at[i].set(1.0))[0][start:start + n]
-            start += n
-        return (loss, logs), grads
+    grad_fn = _jax_grad_fn(vae, run, variables, dynamic)
 
     def steps(values, slot_values, xs, seeds):
         all_logs, finites = [], []
