@@ -7,10 +7,10 @@ per-epoch curve. Import it after choosing the Keras backend (vaelab.quiet.use_ba
 from __future__ import annotations
 
 import csv
-import io as _io
 import json
 import sys
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 
 import keras
@@ -101,7 +101,7 @@ def run_tags(run: RunConfig) -> dict:
 def curve_csv(history: list[dict]) -> str:
     """The per-epoch curve: one row per epoch, every logged value to 6 significant digits."""
     columns = list(history[0])
-    text = _io.StringIO()
+    text = StringIO()
     rows = csv.writer(text, lineterminator="\n")
     rows.writerow(columns)
     rows.writerows([f"{h[c]:.6g}" for c in columns] for h in history)
