@@ -295,7 +295,7 @@ def test_damaged_encoder_names_the_file(tmp_path):
 
 
 def test_huge_hidden_layers_are_refused_naming_model_hidden():
-    from stages import train as stage
+    from vaelab import fit as stage
 
     run = parse_params({"model": {"hidden": [100000, 100000]},
                         "models": {"vae": {"objective": "elbo_analytic"}}}).models["vae"]

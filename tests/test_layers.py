@@ -6,6 +6,7 @@ from vaelab.quiet import silence_tf
 
 silence_tf()
 
+import dataclasses  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -367,3 +368,65 @@ def test_one_layer_allows_everything_it_did():
     tiny_params(objective="elbo_mc", k=1)
     tiny_params(objective="miwae", k=2, m=2)
     assert json.dumps(tiny_params(objective="ciwae", k=2).models["m"].as_flat_dict())
+
+
+# ---------------------------------------------------------------------------------------
+# three stochastic layers: the library builds any number from ModelConfig.stochastic
+# (params.yaml offers 1 or 2, so the config is made directly here)
+
+CFG3 = ModelConfig(latent=2, hidden=(12,), layers=3, h1_latent=4, h1_hidden=(6,))
+
+
+def direct_log_w3(vae3, x, z):
+    """log p(x|h1) + log p(h1|h2) + log p(h2|h3) + log p(h3) - log q(h1|x) - log q(h2|h1)
+    - log q(h3|h2), in numpy from the exported networks' outputs. z: {h1, h2, h3} [k, B, d]."""
+    h1, h2, h3 = (np.asarray(z[n]) for n in ("h1", "h2", "h3"))
+    k, b = h1.shape[:2]
+    flat = lambda a: a.reshape(k * b, -1).astype(np.float32)  # noqa: E731
+    xs = flat(np.broadcast_to(x, (k, *x.shape)))
+    q = [np.asarray(t, np.float64) for t in vae3.encoder([xs, flat(h1), flat(h2)])]
+    p = [np.asarray(t, np.float64) for t in vae3.decoder([flat(h3), flat(h2), flat(h1)])]
+    f1, f2, f3 = (flat(a).astype(np.float64) for a in (h1, h2, h3))
+    logits = p[4]
+    log_p = ((xs * logits - np.logaddexp(0, logits)).sum(-1) + normal_logpdf(f1, p[2], p[3])
+             + normal_logpdf(f2, p[0], p[1]) + normal_logpdf(f3, 0.0, 1.0))
+    log_q = (normal_logpdf(f1, q[0], q[1]) + normal_logpdf(f2, q[2], q[3])
+             + normal_logpdf(f3, q[4], q[5]))
+    return (log_p - log_q).reshape(k, b)
+
+
+def test_three_layers_build_and_their_joint_densities_match_the_networks(x):
+    keras.utils.set_random_seed(0)
+    vae3 = models.VAE.build(CFG3)
+    assert vae3.layers == 3 and len(vae3.encoder.inputs) == 3 and len(vae3.decoder.inputs) == 3
+    assert [n.name for n in vae3.q_nets] == ["q_h1", "q_h2", "q_h3"]
+    q, p = vae3.posterior(ops.convert_to_tensor(x)), vae3.prior()
+    z = q.sample(K, seed=backend.seed(3, 4))
+    assert {n: tuple(t.shape) for n, t in z.items()} == {"h1": (K, B, 4), "h2": (K, B, 4),
+                                                         "h3": (K, B, 2)}
+    lw = vae3.decode(z).log_prob(x) + p.log_prob(z) - q.log_prob(z)
+    np.testing.assert_allclose(np.asarray(lw), direct_log_w3(vae3, x, z), rtol=1e-5, atol=1e-3)
+    # the prior's ancestral sample reaches every layer and the decoder
+    assert vae3.sample(5, backend.seed(1, 2)).shape == (5, 784)
+    stds = vae3.prior_std(n=2000)
+    assert [s.shape for s in stds] == [(4,), (4,), (2,)] and np.all(stds[-1] == 1.0)
+    assert all(np.all(s > 0) for s in stds) and not np.allclose(stds[0], 1.0)
+    assert [lc.shape for lc, _ in vae3.posterior_params(x)] == [(B, 4), (B, 4), (B, 2)]
+    # n_weights counts the Bernoulli head as a Gaussian's two (an upper bound): one more
+    # [hidden[0] + 1, 784] block than the networks hold
+    actual = sum(int(np.prod(v.shape)) for v in vae3.variables)
+    assert models.n_weights(CFG3) - actual == (CFG3.hidden[0] + 1) * 784
+
+
+def test_three_layers_train_deterministically_and_improve(digits):
+    run = tiny_params().models["m"]
+    run = dataclasses.replace(run, model=CFG3, train=dataclasses.replace(run.train, epochs=3))
+    out = [train.train(run, digits[:120], digits[120:], progress=train.Progress(
+        "m", 3, io.StringIO())) for _ in range(2)]
+    for a, b in zip(out[0].encoder.get_weights() + out[0].decoder.get_weights(),
+                    out[1].encoder.get_weights() + out[1].decoder.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    h = out[0].history
+    assert all(np.isfinite(e["valid_Lk"]) for e in h)
+    assert h[-1]["valid_bound"] > h[0]["valid_bound"]  # training improves the bound
+    assert h[-1]["valid_active_units"] == sum(h[-1][f"valid_active_units_h{i}"] for i in (1, 2, 3))

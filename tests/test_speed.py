@@ -140,11 +140,12 @@ THREADED_STEPS = """
 import sys
 from vaelab.quiet import silence_tf; silence_tf()
 import keras, numpy as np, tensorflow as tf
-from vaelab import train
+from vaelab import models, train
 from vaelab.config import parse_params
 keras.utils.set_random_seed(0)
-model = train.Model(parse_params({"models": {"m": {"objective": "iwae", "k": 50}}}).models["m"])
-step = train.make_step(model, train.make_optimizer(model, 1e-3), dynamic=True, jit=False)
+run = parse_params({"models": {"m": {"objective": "iwae", "k": 50}}}).models["m"]
+model = models.VAE.build(run.model)
+step = train.make_step(model, run, train.make_optimizer(model, run, 1e-3), dynamic=True, jit=False)
 xs = tf.constant(np.random.default_rng(0).random((800, 784), np.float32))
 train.train_epoch(step, xs, np.arange(800), 100, 0, 0, 4)
 np.savez(sys.argv[1], *(model.encoder.get_weights() + model.decoder.get_weights()))

@@ -31,6 +31,7 @@ from repo_copy import env_for, make_repo, merge  # noqa: E402
 from vaelab import cli  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
 from vaelab import io as vio  # noqa: E402
+from vaelab import models  # noqa: E402
 from vaelab import train as vtrain  # noqa: E402
 from vaelab.config import DataConfig, parse_params  # noqa: E402
 
@@ -93,7 +94,7 @@ def test_same_config_gives_identical_weights_and_history(digits):
     assert bounds(a.history) == bounds(b.history)
     assert all(np.isfinite(h["valid_bound"]) for h in a.history)
     # It did train: the weights are not the initial ones.
-    init = vtrain.Model(run)
+    init = models.VAE.build(run.model)
     assert not all_equal(weights(a), init.encoder.get_weights() + init.decoder.get_weights())
 
 
@@ -119,7 +120,7 @@ def test_two_gradient_targets_train_each_network_on_its_own(digits):
     """PIWAE(m, k) in one step: its decoder moves exactly as IWAE-(m k)'s, its encoder exactly
     as MIWAE(m, k)'s (Adam's update of a weight depends on that weight's gradient only, and
     the three draw the same m k samples from one seed)."""
-    n_enc = len(vtrain.Model(tiny_run()).encoder.get_weights())
+    n_enc = len(models.VAE.build(tiny_run().model).encoder.get_weights())
     piwae = one_step(digits, {"objective": "piwae", "k": 3, "m": 2})
     iwae = one_step(digits, {"objective": "iwae", "k": 6})
     miwae = one_step(digits, {"objective": "miwae", "k": 3, "m": 2})
@@ -139,7 +140,7 @@ def test_estimators_train_deterministically_and_move_only_the_encoder_differentl
     assert all_equal(weights(a), weights(b)) and bounds(a.history) == bounds(b.history)
     assert all(np.isfinite(h["valid_bound"]) for h in a.history)
     # after one step the decoder is the standard estimator's, the encoder is not
-    n_enc = len(vtrain.Model(tiny_run()).encoder.get_weights())
+    n_enc = len(models.VAE.build(tiny_run().model).encoder.get_weights())
     est = one_step(digits, entry)
     std = one_step(digits, {**entry, "estimator": "standard"})
     assert same_step(est[n_enc:], std[n_enc:]) and not same_step(est[:n_enc], std[:n_enc])
@@ -266,8 +267,8 @@ def test_injected_nan_stops_with_last_good_checkpoint_kept(digits, tmp_path, mon
     real_make_step = vtrain.make_step
     seen = {}
 
-    def make_step(model, optimizer, dynamic, jit):
-        step = real_make_step(model, optimizer, dynamic, jit)
+    def make_step(model, *args):
+        step = real_make_step(model, *args)
         seen["model"] = model
 
         def poisoned(x, seeds):  # [n, B, 784], [n, 2] = (seed, global step)

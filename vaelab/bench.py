@@ -149,7 +149,7 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
     options = options or {}
     from keras import ops
 
-    from . import train
+    from . import models, train
 
     train_cfg = {"batch_size": batch_size, "jit": jit}
     if steps_per_execution is not None:
@@ -161,12 +161,13 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
         "models": {"m": {"objective": objective, "k": k, **options}},
     }, file="vaelab.bench options")
     per_call = params.models["m"].train.steps_per_execution
-    model = train.Model(params.models["m"])
-    opt = train.make_optimizer(model, params.models["m"].train.learning_rate)
+    run = params.models["m"]
+    model = models.VAE.build(run.model)
+    opt = train.make_optimizer(model, run, run.train.learning_rate)
     steps = -(-steps // per_call) * per_call
     n = steps * batch_size
     xs = ops.convert_to_tensor(np.random.default_rng(0).random((n, 784), np.float32))
-    step = train.make_step(model, opt, dynamic=True, jit=jit)
+    step = train.make_step(model, run, opt, dynamic=True, jit=jit)
     epochs = iter(range(10**9))
 
     def run_epoch():
@@ -197,11 +198,11 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
 
 def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
                jit: bool = False, precision: str = "float32") -> dict:
-    from . import evaluate, train
+    from . import evaluate, models
 
     params = parse_params({"model": {"precision": precision},
-                           "models": {"m": {"objective": "elbo_analytic"}}})
-    model = train.Model(params.models["m"])
+                           "models": {"m": {"objective": registry.one_sample()}}})
+    model = models.VAE.build(params.models["m"].model)
     m = evaluate.Loaded("bench", model.encoder, model.decoder,
                         {"model.decoder": "bernoulli", "model.latent": 50}, jit=jit)
     x = (np.random.default_rng(0).random((n_images, 784)) < 0.2).astype(np.float32)
@@ -260,15 +261,16 @@ def run_variants(variants: list[tuple[str, list, dict]], passthrough: list[str],
     return out
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--objective", default="iwae", choices=list(registry.OBJECTIVES))
-    p.add_argument("--m", type=int, help="miwae/piwae: groups of k samples (m x k per digit)")
-    p.add_argument("--beta", type=float, help="ciwae: the ELBO's weight")
-    p.add_argument("--estimator", choices=list(registry.ESTIMATORS),
-                   help="the encoder's gradient estimator (iwae family)")
+    p.add_argument("--objective", default=registry.of_family("iwae")[0],
+                   choices=list(registry.OBJECTIVES))
+    for h in registry.HPARAMS.values():  # each objective's own options (vaelab.registry)
+        p.add_argument(f"--{h.name}", type=h.type, choices=h.choices or None,
+                       help=f"{', '.join(registry.taking(h.name))}: {h.help}")
     p.add_argument("--k", type=int, nargs="+", default=[50, 1],
-                   help="IWAE k values to time (k=1 is timed as the VAE, elbo_analytic)")
+                   help=f"IWAE k values to time (k=1 is timed as the VAE, "
+                        f"{registry.one_sample()})")
     p.add_argument("--batch-size", type=int, nargs="+", default=[100])
     p.add_argument("--steps", type=int, default=20, help="training steps per timed repeat")
     p.add_argument("--repeats", type=int, default=5)
@@ -293,9 +295,22 @@ def main(argv=None) -> dict:
                    help="Keras backend(s) to time (default: KERAS_BACKEND, else tensorflow); "
                         "several: each in its own process, side by side")
     p.add_argument("--layers", type=int, choices=(1, 2), default=1,
-                   help="stochastic layers of the trained model (model.layers; k=1: elbo_mc)")
+                   help="stochastic layers of the trained model (model.layers; k=1: "
+                        f"{registry.one_sample(2)})")
     p.add_argument("--json", default=None, help="write the results here")
-    args = p.parse_args(argv)
+    return p
+
+
+def _saved(path: str | None, out: dict) -> dict:
+    if path:
+        from .io import write_json
+
+        write_json(path, out)
+    return out
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
 
     if args.backend is not None and len(args.backend) > 1:
         if args.levers is not None:
@@ -304,12 +319,7 @@ def main(argv=None) -> dict:
         raw = argv if argv is not None else sys.argv[1:]
         passthrough = [a for a in raw if a != "--backend" and a not in args.backend]
         variants = [(b, ["--backend", b], {}) for b in args.backend]
-        out = {"backends": run_variants(variants, passthrough, "backend")}
-        if args.json:
-            from .io import write_json
-
-            write_json(args.json, out)
-        return out
+        return _saved(args.json, {"backends": run_variants(variants, passthrough, "backend")})
 
     from .quiet import use_backend
 
@@ -319,12 +329,7 @@ def main(argv=None) -> dict:
     if args.levers is not None:
         skip = {"--levers"} | set(LEVERS)
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in skip]
-        out = {"levers": run_levers(args.levers or list(LEVERS), passthrough)}
-        if args.json:
-            from .io import write_json
-
-            write_json(args.json, out)
-        return out
+        return _saved(args.json, {"levers": run_levers(args.levers or list(LEVERS), passthrough)})
 
     if args.tfp_bernoulli:
         models.BernoulliLogits = models.tfd.Bernoulli
@@ -336,11 +341,9 @@ def main(argv=None) -> dict:
     rows.append({"what": "fp32 matmul 2048x2048", "gflops": peak})
     for bs in args.batch_size:
         for k in args.k:
-            obj = ("elbo_analytic" if args.layers == 1 else "elbo_mc") if k == 1 \
-                else args.objective
+            obj = registry.one_sample(args.layers) if k == 1 else args.objective
             options = {} if obj != args.objective else {
-                n: v for n, v in (("m", args.m), ("beta", args.beta),
-                                  ("estimator", args.estimator)) if v is not None}
+                n: getattr(args, n) for n in registry.HPARAMS if getattr(args, n) is not None}
             rows.append(bench_train(obj, k, bs, args.steps, args.repeats, jit=args.jit,
                                     precision=args.precision, feed=args.feed,
                                     steps_per_execution=args.steps_per_execution,
@@ -360,11 +363,7 @@ def main(argv=None) -> dict:
            "precision": args.precision, "feed": args.feed, "threads": threads,
            "steps_per_execution": args.steps_per_execution, "tfp_bernoulli": args.tfp_bernoulli,
            "results": rows}
-    if args.json:
-        from .io import write_json
-
-        write_json(args.json, out)
-    return out
+    return _saved(args.json, out)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,6 @@ SOURCES = ("mnist5k", "mnist", "fashion_mnist", "idx", "npz")
 BINARIZE = ("dynamic", "static", "threshold", "none")
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
 DECODERS = ("bernoulli", "gaussian")
-OBJECTIVES = tuple(registry.OBJECTIVES)
-ESTIMATORS = tuple(registry.ESTIMATORS)
 PRECISIONS = ("float32", "mixed_bfloat16")
 BACKENDS = ("tensorflow", "jax")  # Keras backends; TFP's substrate follows (vaelab.backend)
 SCHEDULES = ("constant", "burda")
@@ -75,6 +73,18 @@ class ModelConfig:
     layers: int = 1
     h1_latent: int = 100  # two layers only: units of h1
     h1_hidden: tuple[int, ...] = (100, 100)  # two layers only: the layers between h1 and h2
+
+    @property
+    def stochastic(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """(units, hidden sizes below it) of each stochastic layer from x up: what
+        vaelab.models builds. One layer: ((latent, hidden),); two (Burda et al.):
+        ((h1_latent, hidden), (latent, h1_hidden)); more (the library takes any number,
+        params.yaml 1 or 2): further layers of h1_latent units on h1_hidden between h1 and
+        the top."""
+        if self.layers == 1:
+            return ((self.latent, self.hidden),)
+        middle = ((self.h1_latent, self.h1_hidden),) * (self.layers - 2)
+        return ((self.h1_latent, self.hidden), *middle, (self.latent, self.h1_hidden))
 
 
 def burda_stages(n: int) -> list[tuple[int, float]]:
@@ -130,9 +140,9 @@ class RunConfig:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig
-    m: int = 1  # miwae, piwae: groups of k samples (vaelab.registry)
-    beta: float = 0.5  # ciwae: weight of the ELBO
-    estimator: str = "standard"  # encoder gradient estimator of IWAE-type objectives
+    # the objective's own hyperparameters, (name, value) in the order of its registry entry
+    # (vaelab.registry: m, beta, estimator, ...), defaults filled in
+    hparams: tuple[tuple[str, Any], ...] = ()
     # objective switching: the model (a `models:` entry) whose trained weights this one
     # starts from; set in the `switched:` section only
     init_from: str | None = None
@@ -143,15 +153,12 @@ class RunConfig:
 
     def options(self) -> dict[str, Any]:
         """The objective's per-model options that apply to it (vaelab.objectives.objective)."""
-        out: dict[str, Any] = {n: getattr(self, n) for n in self.spec.hparams}
-        if len(self.spec.estimators) > 1:
-            out["estimator"] = self.estimator
-        return out
+        return dict(self.hparams)
 
     @property
     def samples(self) -> int:
-        """Samples per digit and step (m * k for miwae/piwae)."""
-        return self.spec.samples(self.k, self.m)
+        """Samples per digit and step (m * k for miwae/piwae: vaelab.registry)."""
+        return self.spec.samples(self.k, **self.options())
 
     def as_flat_dict(self) -> dict[str, Any]:
         """Flat `section.key` view, for MLflow params and model.json."""
@@ -353,33 +360,21 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
     key = f"{section}.{name}"
     raw = c.mapping(raw, key)
     model_keys, train_keys = _fields(ModelConfig), _fields(TrainConfig)
-    hparams = ("m", "beta", "estimator")
+    hparams = tuple(registry.HPARAMS)
     extra = ("init_from",) if section == "switched" else ()
     c.known_keys(raw, ("objective", "k") + hparams + extra + model_keys + train_keys, key)
     if "objective" not in raw:
-        c.fail(f"{key}.objective", f"is required; one of {', '.join(OBJECTIVES)}")
-    objective = c.choice(raw["objective"], f"{key}.objective", OBJECTIVES)
+        c.fail(f"{key}.objective", f"is required; one of {', '.join(registry.OBJECTIVES)}")
+    objective = c.choice(raw["objective"], f"{key}.objective", tuple(registry.OBJECTIVES))
     spec = registry.OBJECTIVES[objective]
     k = c.integer(raw.get("k", 1), f"{key}.k", low=1)
     if "valid_k" in raw:
         c.fail(f"{key}.valid_k", "is shared by all models so that their validation curves "
                "compare; set train.valid_k instead", raw["valid_k"])
     if spec.k_is_1 and k != 1:
-        c.fail(f"{key}.k", f"must be 1 for objective {objective} (use vae_k or iwae for k > 1)", k)
-    for h in hparams:
-        if h in raw and h not in spec.hparams and not (
-                h == "estimator" and len(spec.estimators) > 1):
-            users = [o for o, s in registry.OBJECTIVES.items()
-                     if h in s.hparams or (h == "estimator" and len(s.estimators) > 1)]
-            c.fail(f"{key}.{h}", f"does not apply to objective {objective} (only to "
-                   f"{', '.join(users)})", raw[h])
-    m = c.integer(raw.get("m", registry.HPARAM_DEFAULTS["m"]), f"{key}.m", low=1)
-    beta = float(c.number(raw.get("beta", registry.HPARAM_DEFAULTS["beta"]), f"{key}.beta",
-                          positive=False))
-    if not 0.0 <= beta <= 1.0:
-        c.fail(f"{key}.beta", "must be in [0, 1] (1: the ELBO, 0: the IWAE bound)", beta)
-    estimator = c.choice(raw.get("estimator", "standard"), f"{key}.estimator",
-                         spec.estimators if len(spec.estimators) > 1 else ESTIMATORS)
+        c.fail(f"{key}.k", f"must be 1 for objective {objective} (for k > 1 use one of "
+               f"{', '.join(registry.multi_sample())})", k)
+    options = _options(c, key, raw, spec)
     # Per-model overrides are checked under their own path (models.iwae.epochs), so the
     # message points at the line the user wrote.
     model = _model(c, {**model_raw, **{n: v for n, v in raw.items() if n in model_keys}},
@@ -388,14 +383,38 @@ def _run(c: _Checker, name: str, raw: Any, data: DataConfig, model_raw: dict,
                    key if any(n in train_keys for n in raw) else "train")
     if model.layers > 1 and spec.analytic_kl:
         c.fail(f"{key}.objective", f"{objective} needs one stochastic layer (closed-form KL); "
-               f"use elbo_mc with model.layers {model.layers}", objective)
+               f"use {registry.one_sample(model.layers)} with model.layers {model.layers}",
+               objective)
     if model.decoder == "gaussian" and data.binarize != "none":
         c.fail(f"{key}.decoder" if "decoder" in raw else "model.decoder",
                "gaussian requires data.binarize: none (it models grey values)", model.decoder)
     if model.decoder == "bernoulli" and data.binarize == "none":
         c.fail("data.binarize", f"none needs decoder: gaussian ({key} uses bernoulli)", "none")
     return RunConfig(name=name, objective=objective, k=k, data=data, model=model, train=train,
-                     m=m, beta=beta, estimator=estimator, init_from=raw.get("init_from"))
+                     hparams=options, init_from=raw.get("init_from"))
+
+
+def _options(c: _Checker, key: str, raw: dict, spec: registry.ObjectiveSpec) -> tuple:
+    """The objective's hyperparameters of a models: entry, each checked against its spec
+    (vaelab.registry), defaults filled in; one that the objective does not take is refused."""
+    for name in registry.HPARAMS:
+        if name in raw and name not in spec.hparam_names:
+            c.fail(f"{key}.{name}", f"does not apply to objective {spec.name} (only to "
+                   f"{', '.join(registry.taking(name))})", raw[name])
+    out = []
+    for h in spec.hparams:
+        where, value = f"{key}.{h.name}", raw.get(h.name, h.default)
+        if h.type is str:
+            value = c.choice(value, where, h.choices)
+        elif h.type is int:
+            value = c.integer(value, where, low=int(h.low if h.low is not None else 0))
+        else:
+            value = c.number(value, where, positive=False)
+        if h.type is not str and not ((h.low is None or value >= h.low)
+                                      and (h.high is None or value <= h.high)):
+            c.fail(where, f"must be in {h.range_text()} ({h.help})", value)
+        out.append((h.name, value))
+    return tuple(out)
 
 
 def _check_switched(c: _Checker, models: dict[str, RunConfig], switched: tuple) -> None:
@@ -435,7 +454,7 @@ def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
     e = dataclasses.replace(e, snr_k=c.int_list(e.snr_k, "evaluate.snr_k"),
                             prior_k=c.int_list(e.prior_k, "evaluate.prior_k"))
     # the SNR is of the IWAE-k gradient: the estimators it takes (vaelab.registry)
-    allowed = registry.OBJECTIVES["iwae"].estimators
+    allowed = registry.ESTIMATOR.choices
     if not isinstance(e.snr_estimators, (list, tuple)) or not e.snr_estimators:
         c.fail("evaluate.snr_estimators", f"must be a non-empty list of {list(allowed)}",
                e.snr_estimators)
@@ -465,7 +484,8 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     train = _train(c, train_raw, "train")
     models_raw = c.mapping(raw.get("models"), "models")
     if not models_raw:
-        c.fail("models", "must list at least one model, e.g. vae: {objective: elbo_analytic}")
+        c.fail("models", "must list at least one model, e.g. vae: "
+               f"{{objective: {registry.one_sample()}}}")
     models = {}
     for name, entry in models_raw.items():
         if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():

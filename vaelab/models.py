@@ -11,13 +11,16 @@ active backend (vaelab.backend), so they are written once for TensorFlow and JAX
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
+import inspect
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
 from keras import ops
 
+from . import card
 from .backend import tfd
 from .config import ModelConfig, UserError
 
@@ -117,10 +120,10 @@ def prior(latent: int) -> tfd.Distribution:
 
 
 def posterior(encoder: keras.Model, x) -> tfd.Distribution:
-    """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]. A two-layer encoder
-    (`build_encoder2`) gives the joint q(h1, h2 | x) = q(h1|x) q(h2|h1) (`posterior2`)."""
-    if len(encoder.inputs) == 2:
-        return posterior2(encoder, x)
+    """q(z|x) = N(loc(x), scale(x)^2), batch [B], event [latent]. An encoder of L layers
+    (`build_encoder_layers`) gives the joint q(h1, .., h_L | x) (`posterior_layers`)."""
+    if len(encoder.inputs) > 1:
+        return posterior_layers(encoder, x)
     loc, scale = (_float(t) for t in encoder(x))  # [B, latent] each
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
@@ -166,19 +169,30 @@ def decoder_mean(decoder: keras.Model, kind: str, z):
 
 
 # ---------------------------------------------------------------------------------------
-# two stochastic layers (Burda et al. 2015's second architecture):
+# stacked stochastic layers (Burda et al. 2015's second architecture for two):
 #   q: x -> hidden -> h1 (h1_latent) -> h1_hidden -> h2 (latent)
 #   p: h2 ~ N(0, I) -> reversed(h1_hidden) -> h1 -> reversed(hidden) -> x
-# Four Gaussian/decoder sub-networks, exported as two functional models whose inputs and
-# outputs are plain tensors (README, export contract):
+# and for L layers the same chain, h_1 .. h_L, as ModelConfig.stochastic lists them.
+# Gaussian/decoder sub-networks, exported as two functional models whose inputs and
+# outputs are plain tensors (README, export contract); for two layers:
 #   encoder.keras: [x, h1] -> [loc1, scale1, loc2, scale2]   q(h1|x), q(h2|h1)
 #   decoder.keras: [h2, h1] -> [loc, scale, *p(x|h1) outputs]  p(h1|h2), p(x|h1)
-# Each half is a nested model of its own (get_layer(Q_H1) ...), so a step runs only what it
-# needs. Latents are structures {"h1": [..., h1_latent], "h2": [..., latent]}, and the
-# distributions are TFP joint distributions over them: q.sample(k, seed) gives [k, B, d]
-# tensors, q.log_prob / p.log_prob [k, B], so the objectives need no change.
+# for L: encoder [x, h1 .. h_{L-1}] -> q(h1|x), q(h2|h1) .. q(h_L|h_{L-1}); decoder
+# [h_L .. h1] -> p(h_{L-1}|h_L) .. p(h1|h2), p(x|h1). Each piece is a nested model of its own
+# (get_layer(Q_H1) ...: q_h<i>, p_h<i>, p_x), so a step runs only what it needs. Latents are
+# structures {"h1": [..., d1], "h2": [..., d2], ...}, and the distributions are TFP joint
+# distributions over them: q.sample(k, seed) gives [k, B, d] tensors, q.log_prob /
+# p.log_prob [k, B], so the objectives need no change.
 
 Q_H1, Q_H2, P_H1, P_X = "q_h1", "q_h2", "p_h1", "p_x"
+
+
+def _q(i: int) -> str:
+    return f"q_h{i}"
+
+
+def _p(i: int) -> str:
+    return f"p_h{i}"
 
 
 def _gaussian_net(in_size: int, hidden, out: int, cfg: ModelConfig, name: str) -> keras.Model:
@@ -193,22 +207,30 @@ def _outputs(t) -> list:
     return list(t) if isinstance(t, (list, tuple)) else [t]
 
 
-def build_encoder2(cfg: ModelConfig) -> keras.Model:
-    """[x [B, 784], h1 [B, h1_latent]] -> [loc1, scale1 (q(h1|x)), loc2, scale2 (q(h2|h1))]."""
-    q1 = _gaussian_net(N_PIXELS, cfg.hidden, cfg.h1_latent, cfg, Q_H1)
-    q2 = _gaussian_net(cfg.h1_latent, cfg.h1_hidden, cfg.latent, cfg, Q_H2)
-    x, h1 = keras.Input((N_PIXELS,), name="x"), keras.Input((cfg.h1_latent,), name="h1")
-    return keras.Model([x, h1], [*q1(x), *q2(h1)], name="encoder")
+def build_encoder_layers(cfg: ModelConfig) -> keras.Model:
+    """[x [B, 784], h1 .. h_{L-1}] -> [loc1, scale1 (q(h1|x)), loc2, scale2 (q(h2|h1)), ...].
+    Built bottom up (q_h1 first): the seeded initialisation order of the two-layer model."""
+    sizes, below, nets = cfg.stochastic, N_PIXELS, []
+    for i, (units, hidden) in enumerate(sizes, 1):
+        nets.append(_gaussian_net(below, hidden, units, cfg, _q(i)))
+        below = units
+    x = keras.Input((N_PIXELS,), name="x")
+    hs = [keras.Input((units,), name=f"h{i}") for i, (units, _) in enumerate(sizes[:-1], 1)]
+    outs = [*nets[0](x)] + [o for net, h in zip(nets[1:], hs) for o in net(h)]
+    return keras.Model([x, *hs], outs, name="encoder")
 
 
-def build_decoder2(cfg: ModelConfig) -> keras.Model:
-    """[h2 [B, latent], h1 [B, h1_latent]] -> [loc, scale (p(h1|h2)), then p(x|h1)'s outputs:
-    Bernoulli logits, or Gaussian loc, scale]."""
-    p1 = _gaussian_net(cfg.latent, tuple(reversed(cfg.h1_hidden)), cfg.h1_latent, cfg, P_H1)
-    px = build_decoder(dataclasses.replace(cfg, latent=cfg.h1_latent))
+def build_decoder_layers(cfg: ModelConfig) -> keras.Model:
+    """[h_L, .., h1] -> [loc, scale (p(h_{L-1}|h_L)), .., loc, scale (p(h1|h2)), then
+    p(x|h1)'s outputs: Bernoulli logits, or Gaussian loc, scale]. Built top down."""
+    sizes = cfg.stochastic
+    nets = [_gaussian_net(sizes[i][0], tuple(reversed(sizes[i][1])), sizes[i - 1][0], cfg, _p(i))
+            for i in range(len(sizes) - 1, 0, -1)]  # p(h_i | h_{i+1}), i = L-1 .. 1
+    px = build_decoder(dataclasses.replace(cfg, latent=sizes[0][0]))
     px = keras.Model(px.inputs, px.outputs, name=P_X)
-    h2, h1 = keras.Input((cfg.latent,), name="h2"), keras.Input((cfg.h1_latent,), name="h1")
-    return keras.Model([h2, h1], [*p1(h2), *_outputs(px(h1))], name="decoder")
+    hs = [keras.Input((sizes[i][0],), name=f"h{i + 1}") for i in range(len(sizes) - 1, -1, -1)]
+    outs = [o for net, h in zip(nets, hs) for o in net(h)] + _outputs(px(hs[-1]))
+    return keras.Model(hs, outs, name="decoder")
 
 
 def _apply(net, t):
@@ -223,6 +245,16 @@ def _normal(loc, scale) -> tfd.Distribution:
     return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
 
+def _given(parent: str, net) -> Callable:
+    """N(net(parent)) as a function of one argument named `parent`: JointDistributionNamed
+    wires each component to the components its function's arguments name."""
+    def conditional(**value):
+        return _normal(*_apply(net, value[parent]))
+    conditional.__signature__ = inspect.Signature(
+        [inspect.Parameter(parent, inspect.Parameter.POSITIONAL_OR_KEYWORD)])
+    return conditional
+
+
 def _weights_stopped(net: keras.Model):
     """net's forward pass with its weights behind a stop-gradient; its input stays live.
     The values are read at call time (on JAX, inside the step's StatelessScope: the traced
@@ -235,66 +267,81 @@ def _weights_stopped(net: keras.Model):
     return call
 
 
-def posterior2(encoder: keras.Model, x) -> tfd.Distribution:
-    """q(h1, h2 | x) = q(h1|x) q(h2|h1): a joint over {"h1", "h2"}, batch [B].
+def posterior_layers(encoder: keras.Model, x) -> tfd.Distribution:
+    """q(h1, .., h_L | x) = q(h1|x) q(h2|h1) ..: a joint over {"h1", .., "h<L>"}, batch [B].
 
     It carries `stopped_parameters()`: the same density with the encoder's weights behind a
     stop-gradient, for the STL and DReG estimators (objectives.stop_parameters). q(h1|x)'s
-    parameters are stopped outputs; q(h2|h1)'s network runs with stopped weights on the
-    live h1, so log q(h1, h2) at a reparameterized sample keeps the path derivative through
-    h1 and h2 (which a copy of q with stopped parameters would cut at h1) and loses only the
-    direct dependence on the weights: the score term."""
-    q2 = encoder.get_layer(Q_H2)
-    loc1, scale1 = (_float(t) for t in encoder.get_layer(Q_H1)(x))  # [B, h1_latent] each
-    q = tfd.JointDistributionNamed({
-        "h1": _normal(loc1, scale1),
-        "h2": lambda h1: _normal(*_apply(q2, h1)),
-    })
-    q2_stopped = _weights_stopped(q2)
-    q.stopped_parameters = lambda: tfd.JointDistributionNamed({
-        "h1": _normal(ops.stop_gradient(loc1), ops.stop_gradient(scale1)),
-        "h2": lambda h1: _normal(*_apply(q2_stopped, h1)),
-    })
+    parameters are stopped outputs; the upper layers' networks run with stopped weights on
+    the live lower sample, so log q at a reparameterized sample keeps the path derivative
+    through every h (which a copy of q with stopped parameters would cut at h1) and loses
+    only the direct dependence on the weights: the score term."""
+    upper = [encoder.get_layer(_q(i)) for i in range(2, len(encoder.inputs) + 1)]
+    loc1, scale1 = (_float(t) for t in encoder.get_layer(Q_H1)(x))  # [B, d1] each
+
+    def joint(first, nets):
+        return tfd.JointDistributionNamed({
+            "h1": first, **{f"h{i}": _given(f"h{i - 1}", n) for i, n in enumerate(nets, 2)}})
+
+    q = joint(_normal(loc1, scale1), upper)
+    stopped = [_weights_stopped(n) for n in upper]
+    q.stopped_parameters = lambda: joint(
+        _normal(ops.stop_gradient(loc1), ops.stop_gradient(scale1)), stopped)
     return q
 
 
-def prior2(decoder: keras.Model) -> tfd.Distribution:
-    """p(h1, h2) = p(h2) p(h1|h2), p(h2) = N(0, I): a joint over {"h1", "h2"}. p(h1|h2) is a
-    network of the generative path (decoder weights)."""
-    p1 = decoder.get_layer(P_H1)
-    latent = p1.inputs[0].shape[-1]
+def prior_layers(decoder: keras.Model) -> tfd.Distribution:
+    """p(h1, .., h_L) = p(h_L) p(h_{L-1}|h_L) .. p(h1|h2), p(h_L) = N(0, I): a joint over
+    {"h<L>", .., "h1"}. Each p(h_i|h_{i+1}) is a network of the generative path (decoder
+    weights)."""
+    top = len(decoder.inputs)
     return tfd.JointDistributionNamed({
-        "h2": prior(latent),
-        "h1": lambda h2: _normal(*_apply(p1, h2)),
+        f"h{top}": prior(decoder.inputs[0].shape[-1]),
+        **{f"h{i}": _given(f"h{i + 1}", decoder.get_layer(_p(i))) for i in range(top - 1, 0, -1)},
     })
 
 
 class VAE:
     """The one model object of training, evaluation, sampling and the benchmark: the two
-    exported networks and the distributions built from them, for one or two stochastic
+    exported networks and the distributions built from them, for any number of stochastic
     layers. `posterior(x)` = q over all latents, `prior()` = p over all latents,
-    `decode(z)` = p(x|z) (z: a tensor, or for two layers {"h1", "h2"}, read at h1)."""
+    `decode(z)` = p(x|z) (z: a tensor, or for several layers {"h1", ..}, read at h1)."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, kind: str):
         self.encoder, self.decoder, self.kind = encoder, decoder, kind
         self.layers = len(encoder.inputs)
-        if self.layers == 1:
-            self._prior = prior(encoder.outputs[0].shape[-1])
-            self._decode = make_decode(decoder, kind)
-        else:
-            self._prior = prior2(decoder)
-            self._decode = make_decode(decoder.get_layer(P_X), kind)
+        # made here, eagerly: a prior first built inside a traced step would hold that
+        # graph's tensors
+        self._prior = (prior(encoder.outputs[0].shape[-1]) if self.layers == 1
+                       else prior_layers(decoder))
+        self._decode = make_decode(self.x_decoder, kind)
+        # A training step that keeps weights and optimizer slots as arrays of its own between
+        # calls (JAX, vaelab.train.make_step) sets this to write them into the Keras
+        # variables; call it before reading them. A no-op otherwise.
+        self.write_back: Callable[[], None] = lambda: None
 
     @classmethod
     def build(cls, cfg: ModelConfig, encoder=None, decoder=None) -> "VAE":
         """Fresh networks for cfg (encoder first, then decoder: the seeded initialisation
         order of the one-layer model is what it always was), or the given ones."""
-        two = cfg.layers == 2
+        deep = cfg.layers > 1
         if encoder is None:
-            encoder = build_encoder2(cfg) if two else build_encoder(cfg)
+            encoder = build_encoder_layers(cfg) if deep else build_encoder(cfg)
         if decoder is None:
-            decoder = build_decoder2(cfg) if two else build_decoder(cfg)
+            decoder = build_decoder_layers(cfg) if deep else build_decoder(cfg)
         return cls(encoder, decoder, cfg.decoder)
+
+    @functools.cached_property
+    def x_decoder(self) -> keras.Model:
+        """p(x|h1)'s network: the decoder itself for one layer."""
+        return self.decoder if self.layers == 1 else self.decoder.get_layer(P_X)
+
+    @functools.cached_property
+    def q_nets(self) -> list[keras.Model]:
+        """q(h1|x), q(h2|h1), ..: one [loc, scale] network per layer (one layer: the encoder)."""
+        if self.layers == 1:
+            return [self.encoder]
+        return [self.encoder.get_layer(_q(i)) for i in range(1, self.layers + 1)]
 
     def posterior(self, x) -> tfd.Distribution:
         return posterior(self.encoder, x)
@@ -306,60 +353,62 @@ class VAE:
         return self._decode(z["h1"] if isinstance(z, dict) else z)
 
     def mean(self, z):
-        """E[x|z] [n, 784] for prior or posterior latents z [n, ...] (a structure for two)."""
-        if isinstance(z, dict):
-            return decoder_mean(self.decoder.get_layer(P_X), self.kind, z["h1"])
-        return decoder_mean(self.decoder, self.kind, z)
+        """E[x|z] [n, 784] for prior or posterior latents z [n, ...] (a structure for several)."""
+        return decoder_mean(self.x_decoder, self.kind, z["h1"] if isinstance(z, dict) else z)
 
     def sample(self, n: int, seed):
         """n digits from the model, E[x|z] with z ~ p(z) drawn from the stateless `seed`."""
         return self.mean(self._prior.sample(n, seed=seed))
 
     def reconstruct(self, x):
-        """E[x|z] at the posterior mean (two layers: at E_q[h1|x]). [N, 784]."""
-        if self.layers == 1:
-            return decoder_mean(self.decoder, self.kind, self.posterior(x).distribution.loc)
-        loc1 = _float(self.encoder.get_layer(Q_H1)(x)[0])
-        return decoder_mean(self.decoder.get_layer(P_X), self.kind, loc1)
+        """E[x|z] at the posterior mean (several layers: at E_q[h1|x]). [N, 784]."""
+        return decoder_mean(self.x_decoder, self.kind, _float(self.q_nets[0](x)[0]))
 
     def at_posterior_mean(self, x):
-        """The decoder's raw output(s) at the posterior mean (two layers: p(x|h1)'s at
+        """The decoder's raw output(s) at the posterior mean (several layers: p(x|h1)'s at
         h1 = E_q[h1|x]); x may be a symbolic keras.Input (MLflow's composed model)."""
-        if self.layers == 1:
-            return self.decoder(self.encoder(x)[0])
-        return self.decoder.get_layer(P_X)(self.encoder.get_layer(Q_H1)(x)[0])
+        return self.x_decoder(self.q_nets[0](x)[0])
 
     def prior_std(self, n: int = 10_000, seed: int = 0) -> list[np.ndarray]:
         """The marginal std of p over each unit, per stochastic layer, float32 [d] each: 1 for
-        a N(0, I) layer; for h1 under a learned p(h1|h2), by the law of total variance,
-        Var p(h1) = E_h2[scale1(h2)^2] + Var_h2[loc1(h2)] over n fixed draws of h2 ~ N(0, I)
-        (Monte Carlo error ~ 1/sqrt(n) relative; deterministic for the seed)."""
+        a N(0, I) layer; for h_i under a learned p(h_i|h_{i+1}), by the law of total
+        variance, Var p(h_i) = E[scale_i(h_{i+1})^2] + Var[loc_i(h_{i+1})] over n fixed
+        ancestral draws from the top h_L ~ N(0, I) (Monte Carlo error ~ 1/sqrt(n) relative;
+        deterministic for the seed)."""
         if self.layers == 1:
             return [np.ones(self.encoder.outputs[0].shape[-1], np.float32)]
-        p1 = self.decoder.get_layer(P_H1)
-        h2 = np.random.default_rng(seed).standard_normal((n, p1.inputs[0].shape[-1]))
-        loc, scale = posterior_params(p1, h2.astype(np.float32))  # [n, h1_latent] each
-        var = (scale.astype(np.float64) ** 2).mean(0) + loc.astype(np.float64).var(0)
-        return [np.sqrt(var).astype(np.float32), np.ones(h2.shape[-1], np.float32)]
+        rng = np.random.default_rng(seed)
+        h = rng.standard_normal((n, self.decoder.inputs[0].shape[-1]))
+        stds = [np.ones(h.shape[-1], np.float32)]
+        for i in range(self.layers - 1, 0, -1):
+            loc, scale = posterior_params(self.decoder.get_layer(_p(i)), h.astype(np.float32))
+            var = (scale.astype(np.float64) ** 2).mean(0) + loc.astype(np.float64).var(0)
+            stds.insert(0, np.sqrt(var).astype(np.float32))
+            if i > 1:  # the draws of h_i the layer below is read at
+                h = loc + scale * rng.standard_normal(loc.shape)
+        return stds
 
     def posterior_params(self, x: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """[(loc, scale)] of q per stochastic layer, float32 [N, d] each, in units of the
-        prior's marginal std of each unit (`prior_std`). One layer and h2 have a N(0, I) prior,
-        so these are q's own loc and scale. h1's prior p(h1|h2) is learned and its scale is
-        free (a model can widen q(h1|x) and p(h1|h2) together at no cost), so Burda et al.'s
-        active-unit threshold (Cov_x E_q[u] > 0.01, made for a unit prior) and claim 3's width
-        (against the prior's 1) are read on the same scale for every layer. Two layers:
-        q(h2|h1) at h1 = E_q[h1|x] (the mean path, no sampling; vaelab.evaluate, active units)."""
+        prior's marginal std of each unit (`prior_std`). One layer and the top layer have a
+        N(0, I) prior, so these are q's own loc and scale. A lower layer's prior p(h_i|h_{i+1})
+        is learned and its scale is free (a model can widen q(h_i|.) and p(h_i|h_{i+1})
+        together at no cost), so Burda et al.'s active-unit threshold (Cov_x E_q[u] > 0.01,
+        made for a unit prior) and claim 3's width (against the prior's 1) are read on the
+        same scale for every layer. Upper layers: q(h_{i+1}|h_i) at h_i = E_q[h_i|.] (the
+        mean path, no sampling; vaelab.evaluate, active units)."""
         if self.layers == 1:
             return [posterior_params(self.encoder, x)]
-        loc1, scale1 = posterior_params(self.encoder.get_layer(Q_H1), x)
-        std1, _ = self.prior_std()
-        return [(loc1 / std1, scale1 / std1),
-                posterior_params(self.encoder.get_layer(Q_H2), loc1)]
+        stds, out, h = self.prior_std(), [], x
+        for i, net in enumerate(self.q_nets):
+            loc, scale = posterior_params(net, h)
+            out.append((loc / stds[i], scale / stds[i]) if i < self.layers - 1 else (loc, scale))
+            h = loc
+        return out
 
     @property
     def groups(self) -> list[tuple[str, list]]:
-        """[("encoder", vars), ("decoder", vars)]: p(h1|h2) belongs to the decoder."""
+        """[("encoder", vars), ("decoder", vars)]: every p(h_i|h_{i+1}) belongs to the decoder."""
         return [("encoder", self.encoder.trainable_variables),
                 ("decoder", self.decoder.trainable_variables)]
 
@@ -369,46 +418,57 @@ class VAE:
 
 
 def n_weights(cfg: ModelConfig) -> int:
-    """Weights and biases of both networks (the memory check of stages/train.py)."""
+    """Weights and biases of both networks (the memory check of training)."""
     dense = lambda sizes: sum(a * b + b for a, b in zip(sizes, sizes[1:]))  # noqa: E731
     out = 2 * N_PIXELS  # a decoder's outputs (Gaussian: two heads; Bernoulli: one, bounded above)
-    if cfg.layers == 1:
-        return (dense([N_PIXELS, *cfg.hidden, 2 * cfg.latent])
-                + dense([cfg.latent, *reversed(cfg.hidden), out]))
-    return (dense([N_PIXELS, *cfg.hidden, 2 * cfg.h1_latent])
-            + dense([cfg.h1_latent, *cfg.h1_hidden, 2 * cfg.latent])
-            + dense([cfg.latent, *reversed(cfg.h1_hidden), 2 * cfg.h1_latent])
-            + dense([cfg.h1_latent, *reversed(cfg.hidden), out]))
+    sizes, below, total = cfg.stochastic, N_PIXELS, 0
+    for units, hidden in sizes:  # q(h1|x), q(h2|h1), ..
+        total += dense([below, *hidden, 2 * units])
+        below = units
+    for (units, _), (above, hidden) in zip(sizes, sizes[1:]):  # p(h_i|h_{i+1})
+        total += dense([above, *reversed(hidden), 2 * units])
+    return total + dense([sizes[0][0], *reversed(cfg.hidden), out])
 
 
 # ---------------------------------------------------------------------------------------
 # export: encoder.keras, decoder.keras, model.json
 
-def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model, info: dict) -> None:
+def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model,
+         info: "card.ModelCard | dict") -> None:
     """Write the three files into `folder` (the caller makes it a fresh temp folder and renames
-    it into place, so a half-saved model is never seen)."""
+    it into place, so a half-saved model is never seen). `info`: the model card (vaelab.card)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     encoder.save(folder / "encoder.keras")
     decoder.save(folder / "decoder.keras")
-    (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    card.write_info(folder, info)
 
 
 def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
+    """(encoder, decoder, the model card's flat content: vaelab.card.read_info)."""
     folder = Path(folder)
-    missing = [n for n in ("encoder.keras", "decoder.keras", "model.json")
+    missing = [n for n in ("encoder.keras", "decoder.keras", card.FILE)
                if not (folder / n).exists()]
     if missing:
         raise MissingModelError(
             f"{folder}: missing {', '.join(missing)}; train it first (dvc repro train@{folder.name})")
     loaded = []
-    for name in ("model.json", "encoder.keras", "decoder.keras"):
+    for name in (card.FILE, "encoder.keras", "decoder.keras"):
         try:
-            loaded.append(json.loads((folder / name).read_text()) if name == "model.json"
+            loaded.append(card.read_info(folder) if name == card.FILE
                           else keras.saving.load_model(folder / name))
+        except card.CardError:
+            raise
         except Exception as e:  # noqa: BLE001 - Keras reports a damaged zip as "File not found"
             raise DamagedModelError(
                 f"{folder / name}: damaged, cannot be read ({type(e).__name__}); retrain it "
                 f"(dvc repro -f train@{folder.name})") from None
     info, encoder, decoder = loaded
     return encoder, decoder, info
+
+
+def load_vae(folder: str | Path) -> tuple[VAE, "card.ModelCard"]:
+    """The model in `folder` as one model object, and its card."""
+    encoder, decoder, info = load(folder)
+    model_card = card.ModelCard.from_info(info, str(Path(folder) / card.FILE))
+    return VAE(encoder, decoder, model_card.model_config().decoder), model_card

@@ -20,6 +20,7 @@ its Monte Carlo estimate; for eq. (4) and (5), bound = -(distortion + rate).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable, NamedTuple
 
 import keras
@@ -91,7 +92,7 @@ def stop_parameters(q: tfd.Distribution) -> tfd.Distribution:
     reparameterized z carries the path derivative through z only (STL and DReG need it).
     A joint q(h1, h2 | x) cannot be stopped by copying (q(h2|h1)'s parameters are network
     outputs at the sampled h1): it brings its own `stopped_parameters()` from where its
-    networks are known (vaelab.models.posterior2); a joint without one is refused rather
+    networks are known (vaelab.models.posterior_layers); a joint without one is refused rather
     than returned unstopped (the standard estimator under another name)."""
     if isinstance(q, tfd.JointDistribution):
         stopped = getattr(q, "stopped_parameters", None)
@@ -264,14 +265,14 @@ FUNCTIONS: dict[str, Callable[..., Bound]] = {
     "prior_mc": prior_mc,
 }
 assert set(FUNCTIONS) == set(registry.OBJECTIVES), "vaelab.registry and FUNCTIONS disagree"
+assert all(set(s.hparam_names) <= set(inspect.signature(FUNCTIONS[n]).parameters)
+           for n, s in registry.OBJECTIVES.items()), "an objective lacks a registered hparam"
 
 
 def objective(name: str, **options) -> Callable[..., Bound]:
     """The registered objective `name` with the per-model options that apply to it (m,
     beta, estimator, as vaelab.registry says) bound: (x, q, p_z, decode, k, seed) -> Bound."""
-    spec = registry.OBJECTIVES[name]
-    allowed = set(spec.hparams) | ({"estimator"} if len(spec.estimators) > 1 else set())
-    kw = {n: v for n, v in options.items() if n in allowed}
+    kw = {n: v for n, v in options.items() if n in registry.OBJECTIVES[name].hparam_names}
     return functools.partial(FUNCTIONS[name], **kw) if kw else FUNCTIONS[name]
 
 

@@ -3,12 +3,39 @@
 Config validation, training, the report, the benchmark and the README read it; the
 functions themselves live in vaelab.objectives (which imports Keras, so this module does not:
 the `check` stage validates params.yaml without starting TensorFlow).
+
+Adding an objective is one `ObjectiveSpec` here (its hyperparameters as `HParam`s, which
+params.yaml then accepts and vaelab.config validates) plus its function in
+vaelab.objectives.FUNCTIONS, taking each hyperparameter as a keyword argument.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 IWAE_TYPE = ("standard", "stl", "dreg")
+
+
+@dataclass(frozen=True)
+class HParam:
+    """A per-model hyperparameter of an objective: a key of a `models:` entry beside k."""
+
+    name: str
+    type: type  # int, float or str (str: one of `choices`)
+    default: Any
+    low: float | None = None  # inclusive bounds, int and float only
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""  # what the value means, shown with a range error
+
+    def range_text(self) -> str:
+        return f"[{self.low:g}, {self.high:g}]" if self.high is not None else f">= {self.low:g}"
+
+
+M = HParam("m", int, 1, low=1, help="groups of k samples, m x k per digit")
+BETA = HParam("beta", float, 0.5, low=0.0, high=1.0, help="1: the ELBO, 0: the IWAE bound")
+ESTIMATOR = HParam("estimator", str, "standard", choices=IWAE_TYPE,
+                   help="the encoder's gradient estimator")
 
 
 @dataclass(frozen=True)
@@ -16,17 +43,27 @@ class ObjectiveSpec:
     name: str
     source: str  # where it comes from: the article's equation or the paper
     family: str  # "elbo" (a k-sample ELBO), "iwae" (an importance-weighted bound), "prior"
-    hparams: tuple[str, ...] = ()  # per-model keys beyond k: "m" (groups), "beta" (mixture)
-    estimators: tuple[str, ...] = ("standard",)  # encoder gradient estimators it takes
+    hparams: tuple[HParam, ...] = ()  # per-model keys beyond k, passed to its function
     uses_encoder: bool = True  # False: only the decoder is trained (eq. 7)
     k_is_1: bool = False  # a one-sample objective
-    # uses KL(q || p) in closed form: one stochastic layer only (two layers have no closed
-    # form, their q(h2|h1) and p(h1|h2) being networks of a sample)
+    # uses KL(q || p) in closed form: one stochastic layer only (deeper models have no closed
+    # form, their upper layers being networks of a sample)
     analytic_kl: bool = False
 
-    def samples(self, k: int, m: int = 1) -> int:
-        """Posterior (or prior) samples per digit and step."""
-        return m * k if "m" in self.hparams else k
+    @property
+    def hparam_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.hparams)
+
+    @property
+    def estimators(self) -> tuple[str, ...]:
+        """The encoder gradient estimators it takes."""
+        return next((h.choices for h in self.hparams if h is ESTIMATOR), ("standard",))
+
+    def samples(self, k: int, m: int | None = None, **options) -> int:
+        """Posterior (or prior) samples per digit and step, given its options (m groups)."""
+        if M not in self.hparams:
+            return k
+        return (m if m is not None else options.get(M.name, M.default)) * k
 
 
 OBJECTIVES: dict[str, ObjectiveSpec] = {s.name: s for s in (
@@ -35,16 +72,42 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {s.name: s for s in (
     ObjectiveSpec("elbo_mc", "eq. (5): the one-sample ELBO, KL included", "elbo", k_is_1=True),
     ObjectiveSpec("vae_k", "Burda et al. 2015: the ELBO averaged over k samples", "elbo"),
     ObjectiveSpec("iwae", "eq. (11): the importance-weighted bound IWAE-k", "iwae",
-                  estimators=IWAE_TYPE),
+                  hparams=(ESTIMATOR,)),
     ObjectiveSpec("miwae", "Rainforth et al. 2018: the mean of m independent IWAE-k bounds",
-                  "iwae", hparams=("m",), estimators=IWAE_TYPE),
+                  "iwae", hparams=(M, ESTIMATOR)),
     ObjectiveSpec("ciwae", "Rainforth et al. 2018: beta ELBO + (1 - beta) IWAE-k, same samples",
-                  "iwae", hparams=("beta",), estimators=IWAE_TYPE),
+                  "iwae", hparams=(BETA, ESTIMATOR)),
     ObjectiveSpec("piwae", "Rainforth et al. 2018: decoder on IWAE-(m k), encoder on "
-                  "MIWAE(m, k)", "iwae", hparams=("m",), estimators=IWAE_TYPE),
+                  "MIWAE(m, k)", "iwae", hparams=(M, ESTIMATOR)),
     ObjectiveSpec("prior_mc", "eq. (7): log-mean of p(x|z) over samples of the prior", "prior",
                   uses_encoder=False),
 )}
+
+# every hyperparameter any objective takes, by name (in the order of first use)
+HPARAMS: dict[str, HParam] = {h.name: h for s in OBJECTIVES.values() for h in s.hparams}
+
+
+def taking(hparam: str) -> list[str]:
+    """The objectives that take the hyperparameter `hparam`."""
+    return [o for o, s in OBJECTIVES.items() if hparam in s.hparam_names]
+
+
+def of_family(family: str) -> list[str]:
+    """The objectives of a family ("elbo", "iwae", "prior"), in registry order."""
+    return [o for o, s in OBJECTIVES.items() if s.family == family]
+
+
+def one_sample(layers: int = 1) -> str:
+    """The one-sample ELBO to time or train as "the VAE": in closed form where the model
+    allows it (one stochastic layer), else its Monte Carlo twin."""
+    return next(s.name for s in OBJECTIVES.values()
+                if s.family == "elbo" and s.k_is_1 and s.analytic_kl == (layers == 1))
+
+
+def multi_sample() -> list[str]:
+    """The objectives that train the encoder with k > 1 posterior samples."""
+    return [o for o, s in OBJECTIVES.items() if s.uses_encoder and not s.k_is_1]
+
 
 ESTIMATORS: dict[str, str] = {
     "standard": "the reparameterized gradient of the bound itself",
@@ -59,6 +122,3 @@ ESTIMATORS: dict[str, str] = {
 SNR_SLOPE = {("standard", "encoder"): -0.5, ("standard", "decoder"): 0.5,
              ("dreg", "encoder"): 0.5, ("dreg", "decoder"): 0.5,
              ("stl", "decoder"): 0.5}
-
-# per-model defaults of the hyperparameters above
-HPARAM_DEFAULTS = {"m": 1, "beta": 0.5}

@@ -66,6 +66,7 @@ class TrainResult:
     best_epoch: int | None = None  # the best validation L_k's epoch (patience/restore_best)
     stopped_early: bool = False  # patience ran out before train.epochs
     restored_best: bool = False  # the networks hold best_epoch's weights, not the last's
+    vae: models.VAE | None = None  # the trained networks as one model object
 
     @property
     def epochs_trained(self) -> int:
@@ -100,60 +101,47 @@ def eval_inputs(x: np.ndarray, binarize: str, seed: int) -> np.ndarray:
     return vdata.binarize(x, mode, seed).astype(np.float32)
 
 
-class Model:
-    """The pieces one objective needs, built from a RunConfig: networks, prior, decode."""
-
-    def __init__(self, run: RunConfig, encoder=None, decoder=None):
-        self.run = run
-        self.vae = models.VAE.build(run.model, encoder, decoder)  # one or two layers
-        self.encoder, self.decoder = self.vae.encoder, self.vae.decoder
-        self.p_z = self.vae.prior()
-        self.decode = self.vae.decode
-        self.objective = objectives.objective(run.objective, **run.options())
-        # JAX's step (make_step) keeps weights and optimizer slots as its own arrays between
-        # calls; this writes them into the Keras variables. Call it before reading them.
-        self.write_back: Callable[[], None] = lambda: None
-
-    def bound(self, x, seed, k=None) -> objectives.Bound:
-        """The run's own objective on x: a Bound (bound [B], terms, surrogates)."""
-        q = self.vae.posterior(x)
-        return self.objective(x, q, self.p_z, self.decode, k or self.run.k, seed)
-
-    @property
-    def groups(self) -> list[tuple[str, list]]:
-        """(name, trainable variables) of each group an objective may give its own surrogate
-        (Bound.surrogates). An objective that never calls the encoder (eq. 7) gives it no
-        gradient, and Adam must not be handed None gradients for it."""
-        return [(g, vs) for g, vs in self.vae.groups
-                if g != "encoder" or self.run.spec.uses_encoder]
-
-    @property
-    def variables(self):
-        return [v for _, vs in self.groups for v in vs]
+def trained_groups(vae: models.VAE, run: RunConfig) -> list[tuple[str, list]]:
+    """(name, trainable variables) of each group the run's objective trains, which may give
+    a group its own surrogate (Bound.surrogates). An objective that never calls the encoder
+    (eq. 7) gives it no gradient, and Adam must not be handed None gradients for it."""
+    return [(g, vs) for g, vs in vae.groups if g != "encoder" or run.spec.uses_encoder]
 
 
-def make_optimizer(model: Model, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam with epsilon 1e-4 as Burda et al., its slots built for the model's variables
+def trained_variables(vae: models.VAE, run: RunConfig) -> list:
+    return [v for _, vs in trained_groups(vae, run) for v in vs]
+
+
+def bound(vae: models.VAE, run: RunConfig, x, seed, k=None) -> objectives.Bound:
+    """The run's own objective on x: a Bound (bound [B], terms, surrogates)."""
+    objective = objectives.objective(run.objective, **run.options())
+    return objective(x, vae.posterior(x), vae.prior(), vae.decode, k or run.k, seed)
+
+
+def make_optimizer(vae: models.VAE, run: RunConfig,
+                   learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam with epsilon 1e-4 as Burda et al., its slots built for the trained variables
     (so a checkpoint can be restored into it before the first step)."""
     optimizer = keras.optimizers.Adam(learning_rate, epsilon=1e-4)
-    optimizer.build(model.variables)
+    optimizer.build(trained_variables(vae, run))
     return optimizer
 
 
-def step_loss(model: Model, x, seed, dynamic: bool):
+def step_loss(vae: models.VAE, run: RunConfig, x, seed, dynamic: bool):
     """The loss one training step reports and differentiates, on either backend:
     (loss, surrogate losses, logs). The surrogates are None when every variable follows
     -mean(bound), else {group: scalar} (objectives.surrogate_losses): what each group of
-    `model.groups` differentiates instead. x [B, 784], seed a stateless seed [2]."""
+    `trained_groups` differentiates instead. x [B, 784], seed a stateless seed [2]."""
     bin_seed, z_seed = backend.split_seed(seed)
     if dynamic:
         # A fresh Bernoulli draw of every pixel each time the digit is seen
         # (Burda et al. 2015): less overfitting than one fixed binarization.
         x = ops.cast(backend.uniform(ops.shape(x), bin_seed) < x, "float32")
-    b = model.bound(x, z_seed)
+    b = bound(vae, run, x, z_seed)
     logs = {"bound": ops.mean(b.bound)}
     logs.update({n: ops.mean(t) for n, t in b.terms.items()})
-    return -ops.mean(b.bound), objectives.surrogate_losses(b, [g for g, _ in model.groups]), logs
+    groups = [g for g, _ in trained_groups(vae, run)]
+    return -ops.mean(b.bound), objectives.surrogate_losses(b, groups), logs
 
 
 def _all_finite(loss, grads):
@@ -163,31 +151,32 @@ def _all_finite(loss, grads):
     return finite
 
 
-def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool, jit: bool):
+def make_step(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optimizer,
+              dynamic: bool, jit: bool):
     """Adam steps on n batches x [n, B, 784] with stateless seeds [n, 2], one after another
     inside one compiled call (n is x's leading dimension, unrolled; Keras calls it
     steps_per_execution). Returns (logs {name: [n]}, finite [n]); the Keras variables of
     the model and the optimizer hold the new state after each call on TF, and after
-    `model.write_back()` on JAX (a no-op on TF: call it before reading them).
+    `vae.write_back()` on JAX (a no-op on TF: call it before reading them).
 
     Measured on 2 CPU cores (`python -m vaelab.bench --levers`): one step per call is
     6-12% slower for IWAE k=50 and 31-36% slower for the VAE than 4, with bit-identical
     weights (tests); 8 gain nothing more. A whole epoch as one graph loop was 8x slower."""
     if backend.NAME == "jax":
-        return _make_step_jax(model, optimizer, dynamic)
+        return _make_step_jax(vae, run, optimizer, dynamic)
     import tensorflow as tf
 
-    variables = model.variables
+    variables, groups = trained_variables(vae, run), trained_groups(vae, run)
 
     def one_step(x, seed):
         # persistent: an objective with surrogates takes one gradient per group (inside
         # tf.function the tape is a trace-time object, so this costs nothing otherwise)
         with tf.GradientTape(persistent=True) as tape:
-            loss, surrogates, logs = step_loss(model, x, seed, dynamic)
+            loss, surrogates, logs = step_loss(vae, run, x, seed, dynamic)
         if surrogates is None:
             grads = tape.gradient(loss, variables)
         else:
-            grads = [g for name, vs in model.groups for g in tape.gradient(surrogates[name], vs)]
+            grads = [g for name, vs in groups for g in tape.gradient(surrogates[name], vs)]
         del tape
         finite = _all_finite(loss, grads)
         # Never let a NaN into the weights: the caller stops at the first step with
@@ -206,31 +195,24 @@ def make_step(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool
     return tf.function(steps, jit_compile=jit)
 
 
-def _make_step_jax(model: Model, optimizer: keras.optimizers.Optimizer, dynamic: bool):
-    """make_step on JAX: a pure function of (weights, optimizer slots, batches, seeds),
-    jitted. The state is read from the Keras variables at the first call after a write-back
-    and then stays JAX arrays from call to call; `model.write_back()` assigns it to the
-    variables (the training loop calls it before validation, checkpoints and the end), so
-    they hold the same state as on TensorFlow whenever they are read. Writing back after
-    every call cost 0.15-0.3 ms per call on 2 CPU cores: next to a GPU call of 4 steps
-    (~5 ms), a few %."""
+def _jax_grad_fn(vae: models.VAE, run: RunConfig, variables: list, dynamic: bool):
+    """(values, x, seed) -> ((loss, logs), gradients of `variables` at values): one forward
+    pass, one backward pass per target, so each group keeps the gradient of its own target
+    (a single target: every variable's, as value_and_grad)."""
     import jax
     import jax.numpy as jnp
 
-    variables, slots = model.variables, optimizer.variables
-
-    sizes = [len(vs) for _, vs in model.groups]
+    groups = trained_groups(vae, run)
+    sizes = [len(vs) for _, vs in groups]
 
     def targets(values, x, seed):
         """[loss] or [one surrogate loss per group], and (loss, logs)."""
         with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            loss, surrogates, logs = step_loss(model, x, seed, dynamic)
-        out = [loss] if surrogates is None else [surrogates[g] for g, _ in model.groups]
+            loss, surrogates, logs = step_loss(vae, run, x, seed, dynamic)
+        out = [loss] if surrogates is None else [surrogates[g] for g, _ in groups]
         return jnp.stack(out), (loss, logs)
 
     def grad_fn(values, x, seed):
-        # one forward pass, one backward pass per target: each group keeps the gradient of
-        # its own target (a single target: every variable's, as value_and_grad)
         out, vjp, (loss, logs) = jax.vjp(lambda v: targets(v, x, seed), values, has_aux=True)
         if out.shape[0] == 1:
             return (loss, logs), vjp(jnp.ones_like(out))[0]
@@ -239,6 +221,24 @@ def _make_step_jax(model: Model, optimizer: keras.optimizers.Optimizer, dynamic:
             grads += vjp(jnp.zeros_like(out).at[i].set(1.0))[0][start:start + n]
             start += n
         return (loss, logs), grads
+
+    return grad_fn
+
+
+def _make_step_jax(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optimizer,
+                   dynamic: bool):
+    """make_step on JAX: a pure function of (weights, optimizer slots, batches, seeds),
+    jitted. The state is read from the Keras variables at the first call after a write-back
+    and then stays JAX arrays from call to call; `vae.write_back()` assigns it to the
+    variables (the training loop calls it before validation, checkpoints and the end), so
+    they hold the same state as on TensorFlow whenever they are read. Writing back after
+    every call cost 0.15-0.3 ms per call on 2 CPU cores: next to a GPU call of 4 steps
+    (~5 ms), a few %."""
+    import jax
+    import jax.numpy as jnp
+
+    variables, slots = trained_variables(vae, run), optimizer.variables
+    grad_fn = _jax_grad_fn(vae, run, variables, dynamic)
 
     def steps(values, slot_values, xs, seeds):
         all_logs, finites = [], []
@@ -271,29 +271,28 @@ def _make_step_jax(model: Model, optimizer: keras.optimizers.Optimizer, dynamic:
             for v, value in zip(slots, slot_values):
                 v.assign(value)
 
-    model.write_back = write_back
+    vae.write_back = write_back
     return call
 
 
-def make_eval(model: Model, jit: bool):
+def make_eval(vae: models.VAE, run: RunConfig, jit: bool):
     def evaluate(x, seed):
-        b = model.bound(x, seed)
+        b = bound(vae, run, x, seed)
         return {"bound": ops.sum(b.bound), **{n: ops.sum(t) for n, t in b.terms.items()}}
 
-    return backend.compile(evaluate, model.encoder.variables + model.decoder.variables, jit)
+    return backend.compile(evaluate, vae.variables, jit)
 
 
-def make_valid_bounds(model: Model, k: int, jit: bool):
+def make_valid_bounds(vae: models.VAE, k: int, jit: bool):
     """The ELBO (L_1) and L_k at a fixed k of every model, whatever its own objective, from
     the same k posterior samples per digit: the curves every model shares. The IWAE bound's
     terms give the ELBO, mean log w = -(distortion + rate)."""
     def bounds(x, seed):
-        q = model.vae.posterior(x)
-        b = iwae(x, q, model.p_z, model.decode, k, seed)  # bound, terms: [B] each
+        b = iwae(x, vae.posterior(x), vae.prior(), vae.decode, k, seed)  # bound, terms: [B] each
         return {"elbo": -ops.sum(b.terms["distortion"] + b.terms["rate"]),
                 "Lk": ops.sum(b.bound)}
 
-    return backend.compile(bounds, model.encoder.variables + model.decoder.variables, jit)
+    return backend.compile(bounds, vae.variables, jit)
 
 
 def evaluate_bound(eval_fn, x: np.ndarray, seed: int, batch_size: int = 500) -> dict:
@@ -380,7 +379,7 @@ def open_checkpoint(path: Path, expected: dict, say: Callable[[str], None] = pri
     return meta
 
 
-def save_checkpoint(path: Path, model: Model, optimizer, epoch: int, history: list,
+def save_checkpoint(path: Path, model: models.VAE, optimizer, epoch: int, history: list,
                     extra: dict, best: "Best | None" = None) -> None:
     arrays = {f"enc_{i}": w for i, w in enumerate(model.encoder.get_weights())}
     arrays.update({f"dec_{i}": w for i, w in enumerate(model.decoder.get_weights())})
@@ -414,7 +413,7 @@ def checkpoint_meta(path: Path) -> dict | None:
         return json.loads(z["meta"].tobytes().decode())
 
 
-def load_checkpoint(path: Path, model: Model, optimizer, best: "Best | None" = None) -> dict:
+def load_checkpoint(path: Path, model: models.VAE, optimizer, best: "Best | None" = None) -> dict:
     with np.load(path) as z:
         meta = json.loads(z["meta"].tobytes().decode())
         if best is not None and "best" in meta:
@@ -442,7 +441,7 @@ class Best:
         self.weights: list[np.ndarray] | None = None
         self.stopped = False
 
-    def update(self, epoch: int, logs: dict, model: Model) -> bool:
+    def update(self, epoch: int, logs: dict, model: models.VAE) -> bool:
         """After an epoch; True when training should stop."""
         value = logs[self.MONITOR]
         if value > self.value:  # a NaN never improves
@@ -463,7 +462,7 @@ class Best:
         self.stopped = meta["stopped"]
         self.weights = weights or None
 
-    def put_back(self, model: Model) -> None:
+    def put_back(self, model: models.VAE) -> None:
         n = len(model.encoder.get_weights())
         model.encoder.set_weights(self.weights[:n])
         model.decoder.set_weights(self.weights[n:])
@@ -528,6 +527,85 @@ def train_epoch(step, xs, order: np.ndarray, batch_size: int, seed: int,
     return sums, None
 
 
+class _Inputs:
+    """What the steps and the validation are fed: the training digits (on the device once;
+    batches are gathered there) and the fixed validation set, float32 [N, 784]. Grey values
+    (binarize none) are dequantized afresh every epoch, seeded by the data seed, the training
+    seed (a seed sweep redraws it, as it does a dynamic binarization) and the epoch; every
+    other input is one array for the whole run."""
+
+    def __init__(self, run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray):
+        self.x_train, self.redraw = x_train, run.data.binarize == "none"
+        self.seed = [run.data.seed + 2, run.train.seed] if self.redraw else run.data.seed + 2
+        xs = train_inputs(x_train, run.data.binarize, self.seed)
+        self.valid = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
+        self.n = len(xs)
+        self.xs = ops.convert_to_tensor(xs)  # [N, 784]
+
+    def for_epoch(self, epoch: int):
+        if self.redraw and epoch > 1:  # epoch 1's draw is self.xs already
+            self.xs = ops.convert_to_tensor(train_inputs(self.x_train, "none", self.seed, epoch))
+        return self.xs
+
+
+def _non_finite(run: RunConfig, epoch: int, bad: int, steps_per_epoch: int) -> NonFiniteError:
+    return NonFiniteError(
+        f"model '{run.name}': loss or gradient became non-finite at epoch {epoch}, "
+        f"step {bad + 1}/{steps_per_epoch}. Likely causes: learning rate too high "
+        f"(train.learning_rate={run.train.learning_rate:g}: try 10x smaller)"
+        + (", or a too small Gaussian decoder scale (model.decoder_scale)"
+           if run.model.decoder == "gaussian" else "")
+        + ". The last good checkpoint is kept.")
+
+
+def _check_diverged(run: RunConfig, epoch: int, value: float, steps_per_epoch: int) -> None:
+    floor = diverged_below(run)
+    if floor is not None and not value >= floor:
+        # Raised before this epoch is logged or checkpointed: the checkpoint on disk
+        # stays the last epoch that passed this rule.
+        raise DivergedError(
+            f"model '{run.name}': training diverged at epoch {epoch} (steps "
+            f"{(epoch - 1) * steps_per_epoch + 1}-{epoch * steps_per_epoch}, "
+            f"{steps_per_epoch}/epoch): validation bound {value:.6g} nats, below "
+            f"{floor:.0f} (twice what a decoder answering 0.5 for every pixel scores). "
+            f"Likely cause: learning rate too high (train.learning_rate="
+            f"{run.train.learning_rate:g}: try 10x smaller). The last good checkpoint is kept.")
+
+
+def _epoch(run: RunConfig, vae: models.VAE, optimizer, fns, inputs: _Inputs, epoch: int,
+           result: TrainResult) -> dict:
+    """Train epoch `epoch` and validate: the epoch's logs. fns: (step, eval, shared bounds)."""
+    t, (step, eval_fn, shared_fn) = run.train, fns
+    steps_per_epoch = -(-inputs.n // t.batch_size)
+    lr = t.learning_rate_at(epoch)
+    if t.schedule != "constant":
+        # a variable of the optimizer: TF's step reads it; JAX's reads it with the other
+        # slots at its first call after a write-back (every epoch ends with one)
+        optimizer.learning_rate.assign(lr)
+    tic = time.perf_counter()
+    order = np.random.default_rng([t.seed, epoch]).permutation(inputs.n)
+    sums, bad = train_epoch(step, inputs.for_epoch(epoch), order, t.batch_size, t.seed,
+                            (epoch - 1) * steps_per_epoch, t.steps_per_execution)
+    vae.write_back()
+    if bad is not None:
+        raise _non_finite(run, epoch, bad, steps_per_epoch)
+    seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    valid = evaluate_bound(eval_fn, inputs.valid, seed=10_000 + t.seed)
+    _check_diverged(run, epoch, valid["bound"], steps_per_epoch)
+    valid.update(posterior_width(vae, inputs.valid))
+    # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
+    # over the validation digits at that k
+    valid.update(evaluate_bound(shared_fn, inputs.valid, seed=20_000 + t.seed))
+    result.valid_seconds += time.perf_counter() - tic
+    logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": inputs.n / seconds}
+    if t.schedule != "constant":
+        logs["learning_rate"] = lr
+    logs.update({f"train_{name}": v / inputs.n for name, v in sums.items()})
+    logs.update({f"valid_{name}": v for name, v in valid.items()})
+    return logs
+
+
 def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
           on_epoch: Callable[[dict], None] | None = None,
           checkpoint: Path | None = None, checkpoint_extra: dict | None = None,
@@ -547,105 +625,44 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     """
     t = run.train
     keras.utils.set_random_seed(t.seed)
-    model = Model(run)
+    vae = models.VAE.build(run.model)
     if init_weights is not None:
-        model.encoder.set_weights(init_weights[0])
-        model.decoder.set_weights(init_weights[1])
-    optimizer = make_optimizer(model, t.learning_rate)
-    dynamic = run.data.binarize == "dynamic"
-    step = make_step(model, optimizer, dynamic, t.jit)
-    eval_fn = make_eval(model, t.jit)
-    shared_fn = make_valid_bounds(model, t.valid_k, t.jit)
-
-    # grey values (binarize none) are dequantized afresh every epoch, seeded by the data
-    # seed, the training seed (a seed sweep redraws it, as it does a dynamic binarization)
-    # and the epoch; every other input is one array for the whole run
-    redraw = run.data.binarize == "none"
-    in_seed = [run.data.seed + 2, t.seed] if redraw else run.data.seed + 2
-    xs = train_inputs(x_train, run.data.binarize, in_seed)
-    xv = eval_inputs(x_valid, run.data.binarize, run.data.seed + 3)
-    n, bs = len(xs), t.batch_size
-    xs_t = ops.convert_to_tensor(xs)  # [N, 784], on the device once; batches are gathered there
-    steps_per_epoch = -(-n // bs)
-
+        vae.encoder.set_weights(init_weights[0])
+        vae.decoder.set_weights(init_weights[1])
+    optimizer = make_optimizer(vae, run, t.learning_rate)
+    fns = (make_step(vae, run, optimizer, run.data.binarize == "dynamic", t.jit),
+           make_eval(vae, run, t.jit), make_valid_bounds(vae, t.valid_k, t.jit))
+    inputs = _Inputs(run, x_train, x_valid)
     history: list[dict] = []
     start_epoch = 0
-    tracking_best = t.patience is not None or t.restore_best
-    best = Best(t.patience, t.restore_best) if tracking_best else None
+    best = Best(t.patience, t.restore_best) if t.patience is not None or t.restore_best else None
     if checkpoint is not None and checkpoint.exists():
-        meta = load_checkpoint(checkpoint, model, optimizer, best)
+        meta = load_checkpoint(checkpoint, vae, optimizer, best)
         start_epoch, history = meta["epoch"], meta["history"]
-    result = TrainResult(model.encoder, model.decoder, history, resumed_from=start_epoch)
-
+    result = TrainResult(vae.encoder, vae.decoder, history, resumed_from=start_epoch, vae=vae)
     progress = progress or Progress(run.name, t.epochs)
-    train_seconds = 0.0
     for epoch in range(start_epoch + 1, t.epochs + 1):
         if best is not None and best.stopped:  # a checkpoint of a run that stopped early
             break
-        lr = t.learning_rate_at(epoch)
-        if t.schedule != "constant":
-            # a variable of the optimizer: TF's step reads it; JAX's reads it with the other
-            # slots at its first call after a write-back (every epoch ends with one)
-            optimizer.learning_rate.assign(lr)
-        tic = time.perf_counter()
-        order = np.random.default_rng([t.seed, epoch]).permutation(n)
-        if redraw and epoch > 1:  # epoch 1's draw is xs_t already
-            xs_t = ops.convert_to_tensor(train_inputs(x_train, "none", in_seed, epoch))
-        sums, bad = train_epoch(step, xs_t, order, bs, t.seed, (epoch - 1) * steps_per_epoch,
-                                t.steps_per_execution)
-        model.write_back()
-        if bad is not None:
-            raise NonFiniteError(
-                f"model '{run.name}': loss or gradient became non-finite at epoch {epoch}, "
-                f"step {bad + 1}/{steps_per_epoch}. Likely causes: learning rate too high "
-                f"(train.learning_rate={t.learning_rate:g}: try 10x smaller)"
-                + (", or a too small Gaussian decoder scale (model.decoder_scale)"
-                   if run.model.decoder == "gaussian" else "")
-                + ". The last good checkpoint is kept.")
-        seconds = time.perf_counter() - tic
-        train_seconds += seconds
-        tic = time.perf_counter()
-        valid = evaluate_bound(eval_fn, xv, seed=10_000 + t.seed)
-        floor = diverged_below(run)
-        if floor is not None and not valid["bound"] >= floor:
-            # Raised before this epoch is logged or checkpointed: the checkpoint on disk
-            # stays the last epoch that passed this rule.
-            raise DivergedError(
-                f"model '{run.name}': training diverged at epoch {epoch} (steps "
-                f"{(epoch - 1) * steps_per_epoch + 1}-{epoch * steps_per_epoch}, "
-                f"{steps_per_epoch}/epoch): validation bound {valid['bound']:.6g} nats, below "
-                f"{floor:.0f} (twice what a decoder answering 0.5 for every pixel scores). "
-                f"Likely cause: learning rate too high (train.learning_rate="
-                f"{t.learning_rate:g}: try 10x smaller). The last good checkpoint is kept.")
-        valid.update(posterior_width(model.vae, xv))
-        # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
-        # over the validation digits at that k
-        valid.update(evaluate_bound(shared_fn, xv, seed=20_000 + t.seed))
-        result.valid_seconds += time.perf_counter() - tic
-        logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": n / seconds}
-        if t.schedule != "constant":
-            logs["learning_rate"] = lr
-        logs.update({f"train_{name}": v / n for name, v in sums.items()})
-        logs.update({f"valid_{name}": v for name, v in valid.items()})
+        logs = _epoch(run, vae, optimizer, fns, inputs, epoch, result)
+        result.seconds += logs["seconds"]
         history.append(logs)
-        stop = best.update(epoch, logs, model) if best is not None else False
+        stop = best.update(epoch, logs, vae) if best is not None else False
         progress.epoch(logs)
         if on_epoch:
             on_epoch(logs)
         if checkpoint is not None and (epoch % t.checkpoint_every == 0 or epoch == t.epochs
                                        or stop):
-            save_checkpoint(checkpoint, model, optimizer, epoch, history, checkpoint_extra or {},
+            save_checkpoint(checkpoint, vae, optimizer, epoch, history, checkpoint_extra or {},
                             best)
         if stop:
             break
-
     if best is not None:
         result.best_epoch = best.epoch or None
         result.stopped_early = best.stopped and result.epochs_trained < t.epochs
         if t.restore_best and best.weights is not None:
-            best.put_back(model)
+            best.put_back(vae)
             result.restored_best = True
     trained = result.epochs_trained - start_epoch
-    result.seconds = train_seconds
-    result.samples_per_s = n * trained / train_seconds if train_seconds else 0.0
+    result.samples_per_s = inputs.n * trained / result.seconds if result.seconds else 0.0
     return result
