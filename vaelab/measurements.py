@@ -25,6 +25,7 @@ SCHEMA_VERSION = 1
 # what must agree between records judged together: the same estimator of the NLL on the
 # same test digits (the SNR's k too, claim 5 compares them); the data split is checked apart
 COMPARABLE = ("k", "n_test", "seed", "snr_k", "prior_k")
+MODEL_KEYS = ("objective", "k", "train.epochs")  # of model.json, what the report reads
 DATA_KEYS = ("data.source", "data.path", "data.seed", "data.valid_size", "data.test_size")
 
 
@@ -119,7 +120,7 @@ def read(path: str | Path) -> Measurements:
              "prior_vs_posterior": dict, "nll_ref_by": str, "evaluate": dict, "n_test": int,
              "n_train": int, "run": dict, "seconds": dict, "evaluation_id": str}
     wrong = [k for k, t in kinds.items() if not isinstance(raw[k], t)]
-    if wrong or not all(k in raw["model"] for k in ("objective", "k")):
+    if wrong or not all(k in raw["model"] for k in MODEL_KEYS):
         raise MeasurementsError(f"{path}: damaged ({', '.join(wrong) or 'model'} not as "
                                 f"written); {_remake(name)}")
     # JSON keys are strings: k back to int, the pairs back to tuples
@@ -139,12 +140,12 @@ def read_many(folder: str | Path, names) -> dict[str, Measurements]:
 
 def check_together(records: dict[str, Measurements], data: dict | None = None
                    ) -> dict[str, Measurements]:
-    """Refuse records measured on another data split (`data`: params.yaml's, flat keys
-    as in DATA_KEYS; default: the first record's) or with other evaluate settings."""
+    """Refuse records measured on another data split (`data`: params.yaml's as flat
+    `data.*` keys; default: the first record's) or with other evaluate settings."""
     if not records:
         return records
     first = next(iter(records.values()))
-    want = data if data is not None else first.data_split()
+    want = ({k: data.get(k) for k in DATA_KEYS} if data is not None else first.data_split())
     how = {k: first.evaluate.get(k) for k in COMPARABLE}
     for n, r in records.items():
         if r.name != n:
