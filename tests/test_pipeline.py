@@ -40,7 +40,7 @@ TINY = {
 
 def sh(repo: Path, *cmd, check=True, **env) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env_for(**env),
-                         timeout=900)
+                         timeout=1800)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
