@@ -1,16 +1,19 @@
-"""Evaluate trained model folders from several runs together, as the `evaluate` stage would
-if they were one run's models, and print the report's claims (e.g. claim 8, two layers against
-one, when the two-layer models were trained in another clone or experiment).
+"""The report's claims over measurement records of several runs, as the `report` stage would
+judge them if they were one run's models (e.g. claim 8, two layers against one, when the
+two-layer models were trained in another clone or experiment).
 
-    python scripts/evaluate_together.py models/vae_mc models/iwae ../other/models/iwae_2l \
-        --json /tmp/together.json
+    python scripts/evaluate_together.py metrics/eval/vae_mc.json metrics/eval/iwae.json \
+        ../other/metrics/eval/iwae_2l.json --json /tmp/together.json
 
-Uses params.yaml's `evaluate:` section and data/prepared's test digits. Every folder's
-model.json must name the same data as params.yaml (source, path, seed, valid and test sizes):
-models trained on another split would be scored on digits they may have trained on.
-`--snr-light` measures the gradient SNR on one digit with 10 draws (claims 5 and 7 then rest
-on that; claim 8 does not read it). Writes nothing in the repo. Errors a user can cause (a
-missing or damaged folder, another data split) are one line and exit status 2.
+Each input is a record (`metrics/eval/<name>.json`, vaelab.measurements) or a model folder
+(encoder.keras, decoder.keras, model.json), which is then measured here with params.yaml's
+`evaluate:` section on data/prepared's test digits. Every input must come from the data split
+of params.yaml (source, path, seed, valid and test sizes): models trained on another split
+would be scored on digits they may have trained on; and all with the same estimator of the
+NLL (evaluate.k, n_test, seed, snr_k, prior_k). `--snr-light` measures a folder's gradient
+SNR on one digit with 10 draws (claims 5 and 7 then rest on that; claim 8 does not read it).
+Writes nothing in the repo and logs nothing to MLflow. Errors a user can cause (a missing or
+damaged input, another data split) are one line and exit status 2.
 """
 import argparse
 import dataclasses
@@ -24,44 +27,55 @@ from vaelab.quiet import use_backend
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folders", nargs="+", help="model folders (encoder.keras, decoder.keras, model.json)")
+    p.add_argument("inputs", nargs="+", help="records (metrics/eval/<name>.json) or model folders")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data", default="data/prepared")
     p.add_argument("--snr-light", action="store_true")
-    p.add_argument("--json", help="write every model's figures here")
+    p.add_argument("--json", help="write every model's numbers here")
     args = p.parse_args()
     params = load_params(args.params)
-    use_backend(params.train.backend)
-    from vaelab import data, evaluate, report
+    from vaelab import measurements, report
 
     cfg = params.evaluate
     if args.snr_light:
         cfg = dataclasses.replace(cfg, snr_estimators=("standard",), snr_digits=1, snr_repeats=10)
-    test = data.load_prepared(args.data, "test")
-    results, infos = {}, {}
-    want = {f"data.{k}": v for k, v in dataclasses.asdict(params.data).items()
-            if k in ("source", "path", "seed", "valid_size", "test_size")}
-    loaded = {}  # every folder checked before anything is computed, as the evaluate stage does
-    for folder in map(Path, args.folders):
-        m = evaluate.Loaded.from_folder(folder)
-        got = {k: m.info.get(k) for k in want}
-        if got != want:
-            raise UserError(f"{folder}/model.json: trained on {got}, params.yaml's data is "
-                            f"{want}; evaluate models of one data split together")
-        if m.name in loaded:
-            raise UserError(f"{folder}: a second model named {m.name!r}; rename one folder")
-        loaded[m.name] = m
-    for name, m in loaded.items():
-        results[name] = evaluate.evaluate_model(m, evaluate.test_inputs(test, m.kind, cfg.seed), cfg)
-        infos[name] = m.info
-        r = results[name]
+    want = {f"data.{k}": v for k, v in dataclasses.asdict(params.data).items()}
+    split = {k: want[k] for k in measurements.DATA_KEYS}
+    records, folders, seen = {}, [], set()
+    for path in map(Path, args.inputs):  # every input checked before anything is measured
+        if path.is_dir():
+            folders.append(path)
+        else:
+            rec = measurements.read(path)
+            records[rec.name] = rec
+        name = path.name if path.is_dir() else rec.name
+        if name in seen:
+            raise UserError(f"{path}: a second model named {name!r}; rename one")
+        seen.add(name)
+    if folders:
+        use_backend(params.train.backend)
+        from vaelab import data, evaluate
+
+        loaded = [evaluate.Loaded.from_folder(f) for f in folders]
+        for m in loaded:
+            got = {k: m.info.get(k) for k in measurements.DATA_KEYS}
+            if got != split:
+                raise UserError(f"{m.name}/model.json: trained on {got}, params.yaml's data "
+                                f"is {split}; judge models of one data split together")
+        test = data.load_prepared(args.data, "test")
+        n_train = len(data.load_prepared(args.data, "train")["y"])
+        for m in loaded:
+            records[m.name], _ = evaluate.measure(m, test, n_train, cfg, run={})
+    records = measurements.check_together(records, split)
+    j = report.judge(records, cfg.nll_seed_std)
+    for name, r in j.results.items():
         print(f"{name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, gap {r['gap_elbo_nll']:.2f}, "
               f"active units {report._units(r)}", flush=True)
-    for c in report.all_claims(results, infos, cfg.snr_k, cfg.nll_seed_std):
+    for c in j.claims:
         print(f"\nclaim {c.number}: {c.title}: {c.verdict}\n  rule: {c.rule}\n  measured: {c.evidence}")
     if args.json:
-        public = {n: {k: v for k, v in r.items() if not k.startswith("_")} for n, r in results.items()}
-        Path(args.json).write_text(json.dumps(public, indent=1, default=float))
+        Path(args.json).write_text(json.dumps({n: r.metrics for n, r in records.items()},
+                                              indent=1, default=float))
 
 
 if __name__ == "__main__":

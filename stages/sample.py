@@ -1,35 +1,40 @@
-"""DVC stage `sample`: draw digits from each trained model's prior, save a grid, log it."""
+"""DVC stage `sample@<name>`: draw digits from one trained model's prior, save a grid, log
+it into the model's training run, and keep the report's grid as an array."""
 from pathlib import Path
 
 from vaelab import cli
 from vaelab.config import load_params
 from vaelab.quiet import use_backend
 
+REPORT_GRID = 64  # digits per model in the report's side-by-side figure
+
 
 def main():
     p = cli.parser(__doc__)
-    p.add_argument("--models", default="models", help="folder of trained models")
-    p.add_argument("--out", default="samples")
-    p.add_argument("names", nargs="*", help="models to sample (default: all in params.yaml)")
+    p.add_argument("--model", required=True, help="the model folder, e.g. models/vae")
+    p.add_argument("--out", help="the grid (default samples/<name>.png)")
+    p.add_argument("--arrays", help="the report's digits (default "
+                   "measurements/<name>.samples.npz)")
     args = p.parse_args()
     params = load_params(args.params)
     use_backend(params.train.backend)  # before anything imports Keras
-    from vaelab import evaluate, figures, tracking
-    names = cli.model_names(params, args.names)
+    from vaelab import evaluate, figures, measurements, tracking
+    folder, cfg = Path(args.model), params.sample
+    name = folder.name
     client, _ = tracking.connect(params.mlflow.experiment)
-    # Every model's files and training run first: a bad one stops the stage before any
-    # grid is written or logged.
-    logs = {n: tracking.RunLogger.of_model(Path(args.models) / n, client) for n in names}
-    loaded = {n: evaluate.Loaded.from_folder(Path(args.models) / n) for n in names}
-    for name in names:
-        images = evaluate.prior_samples_of(loaded[name], params.sample.n,
-                                           params.sample.seed)  # [n, 784]
-        path = Path(args.out) / f"{name}.png"
-        figures.save_grid(path, images, title=f"{name}: {params.sample.n} samples from the "
-                          "prior, decoded (E[x|z])")
-        logs[name].artifact(path, name="samples.png")  # one name in every run: compare view
-        logs[name].params({f"sample.{k}": v for k, v in vars(params.sample).items()})
-        print(f"sample: {params.sample.n} digits from {name}'s prior -> {path}")
+    # the model's files and training run first: a bad one stops the stage before any
+    # grid is written or logged
+    log = tracking.RunLogger.of_model(folder, client)
+    m = evaluate.Loaded.from_folder(folder)
+    path = Path(args.out or f"samples/{name}.png")
+    figures.save_grid(path, evaluate.prior_samples_of(m, cfg.n, cfg.seed),
+                      title=f"{name}: {cfg.n} samples from the prior, decoded (E[x|z])")
+    measurements.write_arrays(args.arrays or f"measurements/{name}.samples.npz",
+                              samples=evaluate.prior_samples_of(m, min(REPORT_GRID, cfg.n),
+                                                                cfg.seed))
+    log.artifact(path, name="samples.png")  # one name in every run: compare view
+    log.params({f"sample.{k}": v for k, v in vars(cfg).items()})
+    print(f"sample: {cfg.n} digits from {name}'s prior -> {path}")
 
 
 if __name__ == "__main__":

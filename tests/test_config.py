@@ -67,6 +67,20 @@ def test_shipped_params_file_loads_with_its_commented_values():
         "prior": ("prior_mc", 50)}
 
 
+def test_default_budget_is_the_committed_params():
+    """DEFAULT_BUDGET comes from the dataclasses' defaults; the committed params.yaml must
+    say the same, or a default run would be labelled indicative (or a short one not)."""
+    from pathlib import Path
+
+    from vaelab.config import DEFAULT_BUDGET
+
+    shipped = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert DEFAULT_BUDGET == {"train.epochs": shipped.train.epochs,
+                              "evaluate.k": shipped.evaluate.k,
+                              "evaluate.n_test": shipped.evaluate.n_test}
+    assert all(r.train.epochs == DEFAULT_BUDGET["train.epochs"] for r in shipped.models.values())
+
+
 def test_per_model_overrides_resolve():
     raw = defaults()
     raw["models"]["iwae"] = {"objective": "iwae", "k": 50, "epochs": 7, "latent": 10}
@@ -102,7 +116,7 @@ def test_gaussian_decoder_with_grey_values_parses():
 def test_missing_sections_take_defaults():
     p = parse_params({"models": {"vae": {"objective": "elbo_analytic"}}}, FILE)
     assert p.models["vae"].k == 1
-    assert p.train.epochs == 100 and p.model.hidden == (200, 200)
+    assert p.train.epochs == 200 and p.model.hidden == (200, 200)
     assert p.evaluate.snr_repeats >= 2 and p.mlflow.experiment
 
 

@@ -165,26 +165,68 @@ def test_every_claim_holds_on_numbers_that_show_it():
     assert len(verdicts(*fake_results())) == 8
 
 
+def _add_iwae_k5(results, infos, nll):
+    """A second plain IWAE model, k=5, with this NLL (the fake iwae: k=50, NLL 97.0)."""
+    results["iwae5"] = copy.deepcopy(results["iwae"])
+    results["iwae5"].update(nll=nll, own_bound=-nll - 2.0)
+    infos["iwae5"] = {"objective": "iwae", "k": 5, "estimator": "standard"}
+
+
+# Every condition of every claim, each flipped alone: the claim fails, the others hold.
 @pytest.mark.parametrize("claim,change", [
-    (1, lambda r: r["vae_mc"].update(nll=110.0, own_bound=-115.0)),
-    (2, lambda r: r["prior"].update(_prior_vs_posterior={1: (-300.0, -106.0),
-                                                          5000: (-101.0, -140.0)})),
-    (3, lambda r: r["vae"].update(posterior_std_median=0.9)),
-    (4, lambda r: r["iwae"].update(nll=101.0, own_bound=-103.0)),
-    (5, lambda r: r["iwae"].update(snr_standard_encoder_k50_median=2.0)),
-    (6, lambda r: r["iwae"].update(own_bound=-90.0)),
-    (7, lambda r: r["piwae"].update(gap_elbo_nll=9.5)),  # the gap no smaller than IWAE's
-    (7, lambda r: r["piwae"].update(nll=99.0, own_bound=-100.3)),  # NLL 2.0 > 2 x 0.83 worse
-    (8, lambda r: r["vae_2l"].update(nll=100.2, own_bound=-102.2)),  # above the one-layer VAE
-    (8, lambda r: r["iwae_2l"].update(nll=97.5, own_bound=-99.5)),  # above the one-layer IWAE
-    (8, lambda r: r["iwae_2l"].update(active_units=12)),  # fewer units than the 2-layer VAE
+    # 1: |NLL eq. 4 - NLL eq. 5| within the tolerance
+    (1, lambda r, i: r["vae_mc"].update(nll=110.0, own_bound=-115.0)),
+    # 2: the prior-trained model >= 10 nats worse than the best posterior-trained one...
+    (2, lambda r, i: r["prior"].update(_prior_vs_posterior={1: (-300.0, -106.0),
+                                                             5000: (-101.0, -140.0)})),
+    # ...and for the reference VAE, prior sampling >= 10 nats below posterior sampling
+    (2, lambda r, i: r["vae"].update(_prior_vs_posterior={1: (-300.0, -106.0),
+                                                           5000: (-105.0, -100.0)})),
+    # 3: the posterior is narrow...
+    (3, lambda r, i: r["vae"].update(posterior_std_median=0.9)),
+    # ...and the one-sample ELBO's spread is below the ELBO-NLL gap (on every ELBO model)
+    (3, lambda r, i: r["vae_mc"].update(elbo_std_one_sample=7.0)),
+    # 4: every IWAE model below the best VAE's NLL...
+    (4, lambda r, i: r["iwae"].update(nll=101.0, own_bound=-103.0)),
+    # ...with at least as many active units...
+    (4, lambda r, i: r["iwae"].update(active_units=14)),
+    # ...and among IWAE models the NLL falls as k grows (k=5 better than k=50: fails)
+    (4, lambda r, i: _add_iwae_k5(r, i, nll=96.5)),
+    # 5: the IWAE model's gap larger than the best VAE's...
+    (5, lambda r, i: r["vae"].update(gap_elbo_nll=9.5)),
+    # ...its encoder's SNR falls with k...
+    (5, lambda r, i: r["iwae"].update(snr_standard_encoder_k50_median=2.0)),
+    # ...and its decoder's rises
+    (5, lambda r, i: r["iwae"].update(snr_standard_decoder_k50_median=2.0)),
+    # 6: every model's loss >= its NLL reference - 3 standard errors (a posterior-sampled
+    # model, and the prior-sampled one)
+    (6, lambda r, i: r["iwae"].update(own_bound=-90.0)),
+    (6, lambda r, i: r["prior"].update(own_bound=-130.0)),
+    # 7: a fix's gap below the plain IWAE's...
+    (7, lambda r, i: r["piwae"].update(gap_elbo_nll=9.5)),
+    # ...and its NLL at most 2 x 0.83 nats above it
+    (7, lambda r, i: r["piwae"].update(nll=99.0, own_bound=-100.3)),
+    # 8: each two-layer model below its one-layer counterpart (VAE, IWAE)...
+    (8, lambda r, i: r["vae_2l"].update(nll=100.2, own_bound=-102.2)),
+    (8, lambda r, i: r["iwae_2l"].update(nll=97.5, own_bound=-99.5)),
+    # ...the two-layer IWAE below the two-layer VAE...
+    (8, lambda r, i: r["vae_2l"].update(nll=95.0, nll_ref=95.0, own_bound=-97.0)),
+    # ...with at least as many active units
+    (8, lambda r, i: r["iwae_2l"].update(active_units=12)),
 ])
 def test_a_verdict_flips_when_its_numbers_do(claim, change):
     results, infos = fake_results()
-    change(results)
+    change(results, infos)
     v = {c.number: c.verdict for c in report.all_claims(results, infos, (1, 5, 50), 0.83)}
     assert v[claim] == report.FAILS
     assert all(verdict == report.HOLDS for n, verdict in v.items() if n != claim)
+
+
+def test_claim_4_holds_when_nll_falls_with_k():
+    """The k-ordering condition exercised both ways: k=5 worse than k=50 holds."""
+    results, infos = fake_results()
+    _add_iwae_k5(results, infos, nll=98.0)
+    assert verdicts(results, infos)[4] == report.HOLDS
 
 
 def test_report_names_each_epoch_of_the_posterior_trace_once():

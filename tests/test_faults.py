@@ -300,7 +300,7 @@ def test_huge_hidden_layers_are_refused_naming_model_hidden():
     run = parse_params({"model": {"hidden": [100000, 100000]},
                         "models": {"vae": {"objective": "elbo_analytic"}}}).models["vae"]
     if cli.available_bytes() is None:
-        pytest.skip("no /proc/meminfo")
+        pytest.skip("psutil cannot tell the available memory here")
     with pytest.raises(stage.OutOfMemoryError) as err:
         stage.check_memory(run)
     assert "model.hidden [100000, 100000]" in str(err.value) and "\n" not in str(err.value)

@@ -15,7 +15,14 @@ import pytest
 import yaml
 from repo_copy import env_for, make_repo
 
+from vaelab import measurements
+
 NAMES = ("vae", "vae_mc", "iwae", "prior")
+
+
+def per_model(*names) -> set[str]:
+    """The stages of these models after training: measuring, sampling."""
+    return {f"{stage}@{n}" for n in names for stage in ("evaluate", "sample")}
 
 TINY = {
     "data": {"valid_size": 200, "test_size": 100},
@@ -33,7 +40,7 @@ TINY = {
 
 def sh(repo: Path, *cmd, check=True, **env) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env_for(**env),
-                         timeout=900)
+                         timeout=1800)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
     return out
@@ -60,7 +67,7 @@ def first_run(repo):
 
 
 def test_repro_runs_every_stage(repo, first_run):
-    expected = {"check", "prepare", "evaluate", "sample", *(f"train@{n}" for n in NAMES)}
+    expected = {"check", "prepare", "report", *(f"train@{n}" for n in NAMES), *per_model(*NAMES)}
     assert ran(first_run) == expected
     assert "Traceback" not in first_run.stderr
 
@@ -88,8 +95,10 @@ def test_outputs_exist_and_parse(repo, first_run):
         rows = [dict(zip(curve[0].split(","), map(float, line.split(",")))) for line in curve[1:]]
         assert all(r["valid_elbo"] <= r["valid_Lk"] + 1e-3 for r in rows)
         assert (repo / "samples" / f"{n}.png").read_bytes()[:4] == b"\x89PNG"
-    ev = json.loads((repo / "metrics" / "evaluate.json").read_text())
-    assert set(ev) == set(NAMES)
+    ev = {n: measurements.read(repo / "metrics" / "eval" / f"{n}.json").metrics for n in NAMES}
+    for n in NAMES:
+        assert (repo / "measurements" / f"{n}.npz").is_file()
+        assert (repo / "measurements" / f"{n}.samples.npz").is_file()
     summary = json.loads((repo / "metrics" / "summary.json").read_text())
     assert set(summary) == set(NAMES)
     for n, s in summary.items():
@@ -175,7 +184,7 @@ def test_changing_one_k_reruns_only_its_branch(repo, first_run):
         out = dvc(repo, "repro", "--dry")
     finally:
         (repo / "params.yaml").write_text(original)
-    assert ran(out) == {"check", "train@iwae", "evaluate", "sample"}
+    assert ran(out) == {"check", "train@iwae", "report", *per_model("iwae")}
     assert ran(dvc(repo, "repro", "--dry")) == {"check"}, "params restored: nothing to do"
 
 
@@ -207,20 +216,20 @@ def test_tracking_uri_override(repo, first_run, tmp_path):
     assert tracked["tracking_uri"] == f"sqlite:///{other}"
 
 
-def test_evaluate_checks_every_model_before_writing_anything(repo, first_run, tmp_path):
+def test_evaluate_checks_its_model_before_writing_anything(repo, first_run, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(repo / "models", models)
-    (models / "prior" / "mlflow.json").unlink()  # the last model: found before any work
+    (models / "prior" / "mlflow.json").unlink()  # found before any work
     with sqlite3.connect(repo / "mlflow.db") as db:
         logged = db.execute("select count(*) from metrics").fetchone()[0]
-    out = sh(repo, sys.executable, "-m", "stages.evaluate", "--models", str(models),
-             "--metrics", str(tmp_path / "m.json"), "--report", str(tmp_path / "rep"),
+    out = sh(repo, sys.executable, "-m", "stages.evaluate", "--model", str(models / "prior"),
+             "--out", str(tmp_path / "m.json"), "--arrays", str(tmp_path / "a.npz"),
              check=False)
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert line.startswith("evaluate: error: ") and "prior/mlflow.json is missing" in line
-    assert "evaluate: vae" not in out.stdout, "nothing is computed"
-    assert not (tmp_path / "m.json").exists() and not (tmp_path / "rep").exists()
+    assert "NLL" not in out.stdout, "nothing is computed"
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "a.npz").exists()
     with sqlite3.connect(repo / "mlflow.db") as db:
         assert db.execute("select count(*) from metrics").fetchone()[0] == logged
 
@@ -230,12 +239,26 @@ def test_sample_refuses_a_damaged_encoder_before_writing(repo, first_run, tmp_pa
     shutil.copytree(repo / "models", models)
     enc = models / "iwae" / "encoder.keras"
     enc.write_bytes(enc.read_bytes()[:100])
-    out = sh(repo, sys.executable, "-m", "stages.sample", "--models", str(models),
-             "--out", str(tmp_path / "s"), check=False)
+    out = sh(repo, sys.executable, "-m", "stages.sample", "--model", str(models / "iwae"),
+             "--out", str(tmp_path / "s" / "iwae.png"), "--arrays", str(tmp_path / "s.npz"),
+             check=False)
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     assert f"{enc}: damaged" in line and "not found" not in line.lower()
-    assert not (tmp_path / "s").exists()
+    assert not (tmp_path / "s").exists() and not (tmp_path / "s.npz").exists()
+
+
+def test_report_refuses_a_damaged_record_in_one_line(repo, first_run, tmp_path):
+    evals = tmp_path / "eval"
+    shutil.copytree(repo / "metrics" / "eval", evals)
+    (evals / "vae_mc.json").write_text('{"schema_version": 1, "name": "vae_mc"')
+    out = sh(repo, sys.executable, "-m", "stages.report", "--evals", str(evals),
+             "--out", str(tmp_path / "rep"), "--summary", str(tmp_path / "s.json"), check=False)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("report: error: ") and "vae_mc.json: damaged" in line
+    assert "dvc repro evaluate@vae_mc" in line
+    assert not (tmp_path / "rep").exists() and not (tmp_path / "s.json").exists()
 
 
 def test_each_evaluation_logs_its_own_step(repo, first_run, tmp_path):
@@ -249,8 +272,8 @@ def test_each_evaluation_logs_its_own_step(repo, first_run, tmp_path):
 
     before = steps()
     assert before == list(range(1, len(before) + 1)) and before, before
-    sh(repo, sys.executable, "-m", "stages.evaluate", "--metrics", str(tmp_path / "m.json"),
-       "--report", str(tmp_path / "rep"))
+    sh(repo, sys.executable, "-m", "stages.evaluate", "--model", "models/vae",
+       "--out", str(tmp_path / "m.json"), "--arrays", str(tmp_path / "a.npz"))
     assert steps() == before + [before[-1] + 1]
 
 
@@ -264,7 +287,8 @@ def test_experiments_compare_in_dvc(repo, first_run):
     tracked = sh(repo, "git", "ls-files", "metrics").stdout.split()
     assert "metrics/summary.json" in tracked and "metrics/curves/vae.csv" in tracked
     out = dvc(repo, "exp", "run", "-n", "small", "-S", "evaluate.k=5", "-S", "evaluate.n_test=20")
-    assert ran(out) == {"check", "evaluate"}  # check always runs, and is cheap
+    # check always runs, and is cheap; nothing is retrained
+    assert ran(out) == {"check", "report", *(f"evaluate@{n}" for n in NAMES)}
     assert "clipped to evaluate.k=5: [1, 5]" in out.stdout
 
     rows = json.loads(dvc(repo, "exp", "show", "--json").stdout)
@@ -290,3 +314,71 @@ def test_experiments_compare_in_dvc(repo, first_run):
     assert params["params.yaml"]["evaluate.k"]["new"] == 5
     plots = dvc(repo, "plots", "diff", "--json", "HEAD", "small")
     assert "valid_elbo" in plots.stdout and "errors" not in json.loads(plots.stdout)
+
+
+TWO = {**TINY, "models": {"vae": {"objective": "elbo_analytic", "k": 1},
+                          "iwae": {"objective": "iwae", "k": 3}},
+       "train": {"epochs": 1, "checkpoint_every": 1}}
+
+
+def timed_dvc(repo: Path, *args) -> tuple[str, dict[str, float]]:
+    """dvc's output and the wall seconds of each stage it ran (until the next one began)."""
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=repo, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env_for())
+    lines, starts = [], []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Running stage '"):
+            starts.append((line.split("'")[1], time.perf_counter()))
+    end = time.perf_counter()
+    assert proc.wait(timeout=900) == 0, "".join(lines)
+    ends = [t for _, t in starts[1:]] + [end]
+    return "".join(lines), {name: e - t for (name, t), e in zip(starts, ends)}
+
+
+def test_an_experiment_measures_and_logs_only_its_own_model(tmp_path):
+    """Two `dvc exp run`s: the second, which retrains iwae, re-runs only iwae's branch and
+    the report, and writes nothing into the vae model's MLflow run of the first."""
+    repo = make_repo(tmp_path / "repo", TWO)
+    out, _ = timed_dvc(repo, "exp", "run", "-n", "one")
+    assert ran(subprocess.CompletedProcess([], 0, out)) == {
+        "check", "prepare", "train@vae", "train@iwae", "report", *per_model("vae", "iwae")}
+
+    def vae_run():
+        with sqlite3.connect(repo / "mlflow.db") as db:
+            [(run_id,)] = db.execute("select run_uuid from tags where key = 'vaelab.model' "
+                                     "and value = 'vae'").fetchall()
+            return (db.execute("select count(*) from metrics where run_uuid = ?",
+                               (run_id,)).fetchone()[0],
+                    dict(db.execute("select key, value from tags where run_uuid = ?",
+                                    (run_id,))), run_id)
+
+    def report_file(run_id):
+        [path] = [p for p in (repo / "mlruns").rglob("report.md") if run_id in p.as_posix()]
+        return path.read_bytes(), path.stat().st_mtime_ns
+
+    points, tags, run_id = vae_run()
+    assert "report.claim_1" in tags and tags["vaelab.reported_evaluation"]
+    report_before = report_file(run_id)
+    out, seconds = timed_dvc(repo, "exp", "run", "-n", "two", "-S", "models.iwae.k=2")
+    print("\nsecond experiment, seconds per stage: "
+          + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()))
+    assert set(seconds) == {"check", "train@iwae", "report", *per_model("iwae")}
+    assert vae_run() == (points, tags, run_id), "the vae run gained a point or a tag"
+    assert report_file(run_id) == report_before, "the vae run's report was rewritten"
+    # the retrained iwae's new run got its test metrics and the second experiment's report
+    with sqlite3.connect(repo / "mlflow.db") as db:
+        [(iwae2,)] = db.execute("select run_uuid from runs where name = 'iwae@two'").fetchall()
+        keys = {k for (k,) in db.execute("select key from latest_metrics where run_uuid = ?",
+                                         (iwae2,))}
+        tags2 = dict(db.execute("select key, value from tags where run_uuid = ?", (iwae2,)))
+    assert "test_L20_n40/nll" in keys and "report.claim_4" in tags2
+    # a claim's wording changed: only the report re-renders, and it measures nothing
+    report_py = repo / "vaelab" / "report.py"
+    report_py.write_text(report_py.read_text().replace(
+        '"IWAE gives a better generative model"', '"IWAE gives a better model of the data"'))
+    out, seconds = timed_dvc(repo, "repro")
+    print("after a wording edit, seconds per stage: "
+          + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()))
+    assert set(seconds) == {"check", "report"}
+    assert "IWAE gives a better model of the data" in (repo / "reports" / "report.md").read_text()

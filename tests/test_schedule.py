@@ -294,4 +294,7 @@ def test_dvc_sees_the_source_model_as_a_dependency(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert '"train@vae" -> "train_switched@then_iwae"' in out.stdout
-    assert '"train_switched@then_iwae" -> "evaluate"' in out.stdout
+    # the switched model is measured and sampled by its own stages, then reported
+    assert '"train_switched@then_iwae" -> "evaluate_switched@then_iwae"' in out.stdout
+    assert '"train_switched@then_iwae" -> "sample_switched@then_iwae"' in out.stdout
+    assert '"evaluate_switched@then_iwae" -> "report"' in out.stdout

@@ -5,6 +5,9 @@ import argparse
 import errno
 import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
 
 from .config import ParamsError, UserError
 
@@ -67,15 +70,36 @@ def run(main, stage: str) -> None:
 
 
 def available_bytes() -> int | None:
-    """Memory available now (Linux), for refusing settings that cannot fit; None elsewhere."""
+    """Memory available now, for refusing settings that cannot fit; None where psutil
+    cannot tell."""
+    import psutil
+
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
+        return None
+
+
+@contextmanager
+def heartbeat(stage: str, what: str, expected_s: float, every_s: float = 30.0):
+    """A line every `every_s` seconds while a long computation runs (DVC users watch the
+    terminal; one model's L_k can take minutes), with the expected time."""
+    stop = threading.Event()
+    tic = time.perf_counter()
+
+    def beat():
+        while not stop.wait(every_s):
+            print(f"{stage}: {what}: still computing, {time.perf_counter() - tic:.0f}s so far "
+                  f"(L_k and prior sampling alone: about {expected_s:.0f}s on 2 CPU cores)",
+                  flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def model_names(params, names: list[str] | None) -> list[str]:

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import backend, models, snr
+from . import backend, measurements, models, registry, snr
 from . import data as vdata
 from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
@@ -266,7 +266,7 @@ def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
     the comparison cannot be made. `loss_se`, `nll_ref_se`: standard errors of the two
     means over the test digits, measured from the log-weights' spread (`mean_se`)."""
     k = int(m.info["k"])
-    if m.info["objective"] == "prior_mc":
+    if registry.has(m.info, proposal="prior"):
         loss_se = mean_se(prior_lw, k, shared=True)
         if len(prior_lw) < k:
             return {"nll_ref": nll_prior, "nll_ref_se": float("nan"), "loss_se": loss_se,
@@ -340,3 +340,17 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
         out[f"logpx_posterior_k{k}"] = ladder[k]
     out["_seconds"] = parts  # not a metric: the GPU check's breakdown
     return out
+
+
+def measure(m: Loaded, test: dict, n_train: int, cfg: EvaluateConfig, run: dict):
+    """One model's work for `evaluate@<name>`: every measurement on the test digits ->
+    (the Measurements record, the arrays of the report's figures). `run`: the model's
+    training run (tracking.RunLogger.describe), kept in the record for the report."""
+    x = test_inputs(test, m.kind, cfg.seed)
+    result = evaluate_model(m, x, cfg)
+    record = measurements.Measurements.from_results(
+        m.name, m.info, result, cfg, min(cfg.n_test, len(x)), n_train, run)
+    arrays = {"posterior_std_active": result["_posterior_std_active"],
+              "reconstructions": reconstructions(m, x[:12]),
+              "digits": test["xb"][:12].astype(np.float32)}
+    return record, arrays

@@ -49,6 +49,14 @@ class ObjectiveSpec:
     # uses KL(q || p) in closed form: one stochastic layer only (deeper models have no closed
     # form, their upper layers being networks of a sample)
     analytic_kl: bool = False
+    # where its samples of z come from: "posterior" (q(z|x)) or "prior" (p(z), eq. 7); the
+    # estimator that upper-bounds its loss samples from the same place
+    proposal: str = "posterior"
+
+    @property
+    def plain_iwae(self) -> bool:
+        """The importance-weighted bound itself (eq. 11), no variant's extra hyperparameter."""
+        return self.family == "iwae" and not self.hparams
 
     @property
     def hparam_names(self) -> tuple[str, ...]:
@@ -80,7 +88,7 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {s.name: s for s in (
     ObjectiveSpec("piwae", "Rainforth et al. 2018: decoder on IWAE-(m k), encoder on "
                   "MIWAE(m, k)", "iwae", hparams=(M, ESTIMATOR)),
     ObjectiveSpec("prior_mc", "eq. (7): log-mean of p(x|z) over samples of the prior", "prior",
-                  uses_encoder=False),
+                  uses_encoder=False, proposal="prior"),
 )}
 
 # every hyperparameter any objective takes, by name (in the order of first use)
@@ -122,3 +130,21 @@ ESTIMATORS: dict[str, str] = {
 SNR_SLOPE = {("standard", "encoder"): -0.5, ("standard", "decoder"): 0.5,
              ("dreg", "encoder"): 0.5, ("dreg", "decoder"): 0.5,
              ("stl", "decoder"): 0.5}
+
+
+def spec_of(info: dict) -> ObjectiveSpec | None:
+    """The registry entry of a trained model (its model.json or flat config), None for an
+    objective this version does not know."""
+    return OBJECTIVES.get(info.get("objective"))
+
+
+def has(info: dict, **capabilities) -> bool:
+    """Whether a model's objective has every capability given, e.g. has(info, family="elbo",
+    analytic_kl=True): how the report picks models, never by an objective's name."""
+    spec = spec_of(info)
+    return spec is not None and all(getattr(spec, c) == v for c, v in capabilities.items())
+
+
+def estimator_of(info: dict) -> str:
+    return info.get("estimator", "standard")
+

@@ -1,16 +1,19 @@
 """The article's claims as verdicts computed from measured numbers, and the report itself.
 
 Every verdict is one of HOLDS / DOES NOT HOLD / NOT MEASURED and comes from a rule written
-next to it in the report, applied to the numbers in metrics/evaluate.json. Nothing here
-knows what the article expects.
+next to it in the report, applied to the numbers of the models' measurement records
+(metrics/eval/<name>.json, vaelab.measurements). Nothing here knows what the article
+expects, and nothing here measures: the `report` stage re-renders in seconds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .config import DEFAULT_BUDGET
+from . import registry
+from .config import DEFAULT_BUDGET, EvaluateConfig
 from .registry import SNR_SLOPE as SNR_THEORY
 
 HOLDS, FAILS, UNMEASURED = "HOLDS", "DOES NOT HOLD", "NOT MEASURED"
@@ -50,7 +53,7 @@ def budget_shortfalls(infos: dict, cfg, n_test: int) -> list[str]:
 
 def summary(results: dict, infos: dict) -> dict:
     """metrics/summary.json, the one metrics file `dvc exp show` lists: per model the
-    headline numbers, so the table fits a terminal (every figure: metrics/evaluate.json)."""
+    headline numbers, so the table fits a terminal (every figure: metrics/eval/<name>.json)."""
     return {n: {"nll": round(r["nll"], 3), "elbo": round(r["elbo"], 3),
                 **({"bits_per_dim": round(r["bits_per_dim"], 4)} if "bits_per_dim" in r
                    else {}),  # Gaussian decoders: NLL of the 8-bit data in bits/dim
@@ -69,8 +72,14 @@ class Claim:
     verdict: str
 
 
-def _by_objective(infos: dict, *objectives) -> list[str]:
-    return [n for n, i in infos.items() if i["objective"] in objectives]
+def _select(infos: dict, **capabilities) -> list[str]:
+    """The models whose objective has these capabilities (vaelab.registry.has)."""
+    return [n for n, i in infos.items() if registry.has(i, **capabilities)]
+
+
+def _vaes(infos: dict) -> list[str]:
+    """Models trained on an ELBO (eq. 4, eq. 5, or its k-sample average)."""
+    return _select(infos, family="elbo")
 
 
 def _spread(results, names) -> float | None:
@@ -82,11 +91,13 @@ def claim_1(results, infos, seed_std: float | None = None) -> Claim:
     rule = ("|NLL(eq. 4) - NLL(eq. 5)| <= max(1% of the NLL, 2 x the seed-to-seed std of "
             "the NLL: measured in this run where several seeds of an objective ran, else "
             "evaluate.nll_seed_std, measured by a seed sweep (README))")
-    a, b = _by_objective(infos, "elbo_analytic"), _by_objective(infos, "elbo_mc")
+    a = _select(infos, family="elbo", k_is_1=True, analytic_kl=True)
+    b = _select(infos, family="elbo", k_is_1=True, analytic_kl=False)
     title = "Eq. (4) (analytic KL) and eq. (5) (one-sample KL) train to similar models"
     if not a or not b:
-        return Claim(1, title, rule, "needs a model with objective elbo_analytic and one with "
-                     "elbo_mc", UNMEASURED)
+        return Claim(1, title, rule, "needs a one-sample ELBO model with the KL in closed form "
+                     "(eq. 4, e.g. elbo_analytic) and one with a one-sample KL (eq. 5, e.g. "
+                     "elbo_mc)", UNMEASURED)
     na = float(np.mean([results[n]["nll"] for n in a]))
     nb = float(np.mean([results[n]["nll"] for n in b]))
     spreads = [s for s in (_spread(results, a), _spread(results, b)) if s is not None]
@@ -102,10 +113,10 @@ def claim_1(results, infos, seed_std: float | None = None) -> Claim:
 def reference_model(results, infos) -> str:
     """"The trained VAE" of the article: the first eq. (4) model, else the best model
     trained on posterior samples."""
-    vaes = _by_objective(infos, "elbo_analytic")
+    vaes = _select(infos, family="elbo", analytic_kl=True)
     if vaes:
         return vaes[0]
-    post = [n for n in results if infos[n]["objective"] != "prior_mc"] or list(results)
+    post = [n for n in results if not registry.has(infos[n], proposal="prior")] or list(results)
     return min(post, key=lambda n: results[n]["nll"])
 
 
@@ -119,7 +130,7 @@ def claim_2(results, infos) -> Claim:
             "reference VAE the prior-sampling estimate of log p(x) at the largest k stays >= 10 "
             "nats below posterior importance sampling at the same k")
     title = "Sampling from the prior (eq. 7) fails"
-    prior = _by_objective(infos, "prior_mc")
+    prior = _select(infos, proposal="prior")
     post = [n for n in results if n not in prior]
     if not post:
         return Claim(2, title, rule, "needs at least one posterior-trained model", UNMEASURED)
@@ -143,7 +154,7 @@ def claim_2(results, infos) -> Claim:
               f"{results[best]['nll']:.2f} ({pn - results[best]['nll']:+.2f}); " + ev)
         return Claim(2, title, rule, ev, HOLDS if (pn - results[best]["nll"] >= 10 and ok_est)
                      else FAILS)
-    return Claim(2, title, rule + " (no prior_mc model trained: estimator part only)", ev,
+    return Claim(2, title, rule + " (no prior-trained model: estimator part only)", ev,
                  HOLDS if ok_est else FAILS)
 
 
@@ -151,7 +162,7 @@ def claim_3(results, infos) -> Claim:
     rule = ("median std of q(z|x) on active units < 0.1 (10x narrower than the prior's 1), "
             "and the one-sample ELBO's spread is smaller than the ELBO-NLL gap")
     title = "The posterior is narrow, so one sample is enough"
-    names = _by_objective(infos, "elbo_analytic", "elbo_mc") or list(results)
+    names = _select(infos, family="elbo", k_is_1=True) or list(results)
     rows, ok = [], True
     for n in names:
         r = results[n]
@@ -172,8 +183,8 @@ def claim_4(results, infos) -> Claim:
     rule = ("every IWAE model has a lower NLL and at least as many active units as the "
             "best VAE model (eq. 4/5 or vae_k), and among IWAE models NLL falls as k grows")
     title = "IWAE gives a better generative model"
-    iw = sorted(_by_objective(infos, "iwae"), key=lambda n: int(infos[n]["k"]))
-    va = _by_objective(infos, "elbo_analytic", "elbo_mc", "vae_k")
+    iw = sorted(_select(infos, plain_iwae=True), key=lambda n: int(infos[n]["k"]))
+    va = _vaes(infos)
     if not iw or not va:
         return Claim(4, title, rule, "needs an iwae model and a VAE model", UNMEASURED)
     best = min(va, key=lambda n: results[n]["nll"])
@@ -189,8 +200,8 @@ def claim_4(results, infos) -> Claim:
 
 def _plain_iwae(infos: dict) -> list[str]:
     """Models trained on the IWAE bound with the standard estimator (the article's IWAE)."""
-    return [n for n, i in infos.items()
-            if i["objective"] == "iwae" and i.get("estimator", "standard") == "standard"]
+    return [n for n in _select(infos, plain_iwae=True)
+            if registry.estimator_of(infos[n]) == "standard"]
 
 
 def _snr_median(r: dict, group: str, k: int, estimator: str = "standard"):
@@ -206,7 +217,7 @@ def claim_5(results, infos, snr_k) -> Claim:
             "the decoder")
     title = "IWAE gives a weaker encoder"
     iw = _plain_iwae(infos)
-    va = _by_objective(infos, "elbo_analytic", "elbo_mc", "vae_k")
+    va = _vaes(infos)
     n = max(iw, key=lambda n: int(infos[n]["k"])) if iw else None
     lo, hi = min(snr_k), max(snr_k)
     if (not iw or not va or len(snr_k) < 2
@@ -239,16 +250,12 @@ FIX_RUN = ("dvc exp run -S '++models.iwae={objective: iwae, k: 50}' "
 def _fixes(infos: dict) -> list[str]:
     """Models of the importance-weighted family (vaelab.registry) that are not the plain
     IWAE: another objective (MIWAE, CIWAE, PIWAE) or another encoder estimator (STL, DReG)."""
-    from .registry import OBJECTIVES
-    return [n for n, i in infos.items()
-            if OBJECTIVES.get(i["objective"]) is not None
-            and OBJECTIVES[i["objective"]].family == "iwae"
-            and (i["objective"] != "iwae" or i.get("estimator", "standard") != "standard")]
+    plain = set(_plain_iwae(infos))
+    return [n for n in _select(infos, family="iwae") if n not in plain]
 
 
 def _samples(info: dict) -> int:
-    from .registry import OBJECTIVES
-    return OBJECTIVES[info["objective"]].samples(int(info["k"]), int(info.get("m", 1)))
+    return registry.spec_of(info).samples(int(info["k"]), int(info.get("m", 1)))
 
 
 def claim_7(results, infos, seed_std: float | None = None) -> Claim:
@@ -315,8 +322,7 @@ def layers(info: dict) -> int:
 
 
 def _family(info: dict) -> str | None:
-    from .registry import OBJECTIVES
-    spec = OBJECTIVES.get(info["objective"])
+    spec = registry.spec_of(info)
     return spec.family if spec else None
 
 
@@ -324,7 +330,7 @@ def _counterpart(info: dict, other: dict) -> bool:
     """Same bound with another number of layers: the same family, samples per digit and
     estimator (a two-layer VAE has no analytic KL, so elbo_mc meets elbo_analytic)."""
     same = (_family(info) == _family(other) and _samples(info) == _samples(other)
-            and info.get("estimator", "standard") == other.get("estimator", "standard"))
+            and registry.estimator_of(info) == registry.estimator_of(other))
     return same and (_family(info) == "elbo" or info["objective"] == other["objective"])
 
 
@@ -455,7 +461,7 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
     lines = [
         "# VAE vs IWAE: the article's claims, measured",
         "",
-        "Generated by `dvc repro evaluate` from `metrics/evaluate.json`; every number and "
+        "Generated by `dvc repro report` from `metrics/eval/<model>.json`; every number and "
         "verdict below is computed by `vaelab/report.py` from this run. Article: Su Jianlin, "
         "\"变分自编码器(三):这样做为什么能成?\" (2018), https://spaces.ac.cn/archives/5383.",
         "",
@@ -490,7 +496,7 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
                       f"{_f(results[n]['bits_per_dim'], 3)} bits/dim" for n in grey)
                   + ". Not comparable with the Bernoulli models' NLL of binarized digits."]
     lines += switched_table(results, infos)
-    untrained = _by_objective(infos, "prior_mc")
+    untrained = _select(infos, uses_encoder=False)
     if untrained:
         lines += ["", f"{', '.join(untrained)}: eq. (7) trains the decoder only, so the "
                   "encoder these bounds sample from is the untrained one; its ELBO, rate, "
@@ -538,3 +544,103 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
               "", "Change `params.yaml` (or `dvc exp run -S ...`) and rerun; "
               "`dvc metrics diff` compares the numbers.", ""]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# the report stage: records in, verdicts, report.md, figures and MLflow tags out
+
+@dataclass
+class Judgement:
+    results: dict  # per model, Measurements.results()
+    infos: dict  # per model, its model.json
+    claims: list[Claim]
+    budget: list[str]  # budget_shortfalls: [] for a run at the default budget
+    cfg: EvaluateConfig  # the settings every record was measured with
+    n_test: int
+    n_train: int
+
+    @property
+    def label(self) -> str:
+        return " (indicative)" if self.budget else ""
+
+    def verdicts(self) -> dict[str, str]:
+        return {f"claim_{c.number}": c.verdict + self.label for c in self.claims}
+
+
+def judge(records: dict, seed_std: float | None = None) -> Judgement:
+    """The claims over measurement records that agree on data split and estimator
+    (vaelab.measurements.check_together)."""
+    first = next(iter(records.values()))
+    cfg = EvaluateConfig(**first.evaluate)
+    results = {n: r.results() for n, r in records.items()}
+    infos = {n: r.model for n, r in records.items()}
+    return Judgement(results, infos, all_claims(results, infos, cfg.snr_k, seed_std),
+                     budget_shortfalls(infos, cfg, first.n_test), cfg, first.n_test,
+                     first.n_train)
+
+def write(j: Judgement, arrays: dict, folder: str | Path) -> None:
+    """report.md, verdicts.json and figures/ into `folder` (a fresh one: io.atomic_dir).
+    `arrays`: per model the arrays of evaluate@ and sample@ (vaelab.measurements)."""
+    from . import io
+
+    folder = Path(folder)
+    ref = reference_model(j.results, j.infos)
+    cfg = j.cfg
+    context = {"k": cfg.k, "source": j.infos[ref].get("data.source"), "n_train": j.n_train,
+               "n_test": j.n_test, "snr_k": cfg.snr_k, "snr_estimators": cfg.snr_estimators,
+               "snr_digits": cfg.snr_digits, "snr_repeats": cfg.snr_repeats,
+               "indicative": j.budget,
+               "prior_vs_posterior": (ref, j.results[ref]["_prior_vs_posterior"]),
+               "figures": _figures(folder / "figures", j.results, arrays, ref)}
+    io.write_text(folder / "report.md", render(j.results, j.infos, j.claims, context))
+    io.write_json(folder / "verdicts.json", j.verdicts())
+
+
+def _figures(folder: Path, results: dict, arrays: dict, ref: str) -> list[tuple[str, str]]:
+    """The report's PNGs; returns [(title, file name)]."""
+    from . import figures
+
+    figures.side_by_side(folder / "samples.png", {n: a["samples"] for n, a in arrays.items()},
+                         "Samples from the prior, decoded (E[x|z])")
+    figures.reconstructions(folder / "reconstructions.png", next(iter(arrays.values()))["digits"],
+                            {n: a["reconstructions"] for n, a in arrays.items()})
+    figures.histograms(folder / "posterior_std.png",
+                       {n: a["posterior_std_active"] for n, a in arrays.items()},
+                       "std of q(z|x) on active units", "Posterior width (prior std = 1)")
+    figures.snr_vs_k(folder / "snr.png", {n: r["_snr"] for n, r in results.items()},
+                     "Per-parameter gradient SNR of the IWAE-k gradient of one digit "
+                     "(median over parameters)")
+    pvp = results[ref]["_prior_vs_posterior"]
+    figures.lines_vs_k(folder / "prior_vs_posterior.png",
+                       {"prior sampling, eq. (7)": {k: v[0] for k, v in pvp.items()},
+                        "posterior sampling, eq. (11)": {k: v[1] for k, v in pvp.items()}},
+                       "estimate of E log p(x) (nats)", f"Estimating log p(x) for {ref}")
+    return [("Samples from each model", "samples.png"),
+            ("Reconstructions (posterior mean)", "reconstructions.png"),
+            ("Posterior width on active units", "posterior_std.png"),
+            ("Gradient signal-to-noise ratio vs k (median per parameter, log-log)", "snr.png"),
+            (f"log p(x) by prior vs posterior sampling ({ref})", "prior_vs_posterior.png")]
+
+
+REPORTED = "vaelab.reported_evaluation"  # the run's tag: the measurement last reported
+
+
+def log_to_runs(client, records: dict, j: Judgement, folder: str | Path) -> list[str]:
+    """The verdicts and the report into the training run of each model measured afresh:
+    a run already reported with its record's measurement (an unchanged model, e.g. of
+    another experiment, restored from DVC's cache) is never written. Returns those logged."""
+    from . import tracking
+
+    logged = []
+    for n, r in records.items():
+        log = tracking.RunLogger.of_run(r.run, client)
+        if log.tags().get(REPORTED) == r.evaluation_id:
+            continue
+        for k, v in j.verdicts().items():
+            log.tag(f"report.{k}", v)
+        log.tag("vaelab.budget", "indicative: " + "; ".join(j.budget) if j.budget
+                else "default")
+        log.artifacts(folder, "report")
+        log.tag(REPORTED, r.evaluation_id)  # last: a failure above retries next time
+        logged.append(n)
+    return logged

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -316,6 +315,22 @@ class RunLogger:
                 f"FINISHED, so it is not evaluated; {retrain}")
         return cls(client, info["run_id"], info["experiment_id"])
 
+    @classmethod
+    def of_run(cls, run: dict, client) -> "RunLogger":
+        """The run a measurement record names (RunLogger.describe's dict)."""
+        try:
+            client.get_run(run["run_id"])
+        except Exception:  # noqa: BLE001
+            raise TrackingError(
+                f"MLflow run {run.get('run_id')} (of a measured model) is not in the store "
+                f"{tracking_uri()}; retrain the model or set MLFLOW_TRACKING_URI to "
+                f"{run.get('tracking_uri')}") from None
+        return cls(client, run["run_id"], run["experiment_id"])
+
+    def tags(self) -> dict:
+        with store_errors("reading the run"):
+            return dict(self.client.get_run(self.run_id).data.tags)
+
     def metrics(self, values: dict, step: int | None = None) -> None:
         import time
 
@@ -376,21 +391,16 @@ class RunLogger:
             from . import backend
 
             mlflow.set_experiment(experiment_id=self.experiment_id)  # else "Default"
-            # mlflow.keras.log_model's body, with run_id: it knows only the active run.
-            # Explicit requirements: inferring them starts a subprocess loading the model.
-            # The Keras flavour infers no signature from the example: give it one.
+            # Model.log with the Keras flavour is mlflow.keras.log_model with run_id (which
+            # knows only the active run). Explicit requirements: inferring them starts a
+            # subprocess loading the model. The Keras flavour infers no signature: given.
+            # No input_example: mlflow 3.17.2's Keras flavour writes it before it makes the
+            # model folder (FileNotFoundError); the signature records the input's shape.
             signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
-            # mlflow 3.17.2's Keras flavour writes the input example before it makes the
-            # model folder (FileNotFoundError): make the folder first, then delegate to it
-            def save_model(path, **kw):
-                os.makedirs(path, exist_ok=True)
-                return mlflow.keras.save_model(path=path, **kw)
-
-            flavour = types.SimpleNamespace(__name__="mlflow.keras", save_model=save_model)
-            keras.utils.disable_interactive_logging()  # MLflow's check of the example
+            keras.utils.disable_interactive_logging()
             mlflow.models.Model.log(
-                artifact_path=None, name=name, flavor=flavour, model=model,
-                input_example=example, signature=signature, run_id=self.run_id,
+                artifact_path=None, name=name, flavor=mlflow.keras, model=model,
+                signature=signature, run_id=self.run_id,
                 pip_requirements=[f"keras=={keras.__version__}",
                                   *(f"{pkg}=={v}" for pkg, v in backend.versions().items()
                                     if pkg in ("tensorflow", "jax"))])
@@ -408,8 +418,12 @@ class RunLogger:
             with warnings.catch_warnings():  # "a path can be read in several ways": it is one
                 warnings.simplefilter("ignore", UserWarning)
                 ds = mlflow.data.from_numpy(features, source=source, name=name)
+            d = ds.to_dict()  # public fields; the entity made from them, as MLflow does
+            entity = mlflow.entities.Dataset(
+                name=d["name"], digest=d["digest"], source_type=d["source_type"],
+                source=d["source"], schema=d.get("schema"), profile=d.get("profile"))
             self.client.log_inputs(self.run_id, datasets=[DatasetInput(
-                ds._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])])
+                entity, [InputTag("mlflow.data.context", context)])])
 
         _optional(f"dataset {name}", log)
 
