@@ -55,8 +55,9 @@ class ObjectiveSpec:
 
     @property
     def plain_iwae(self) -> bool:
-        """The importance-weighted bound itself (eq. 11), no variant's extra hyperparameter."""
-        return self.family == "iwae" and not self.hparams
+        """The importance-weighted bound itself (eq. 11), no variant's extra hyperparameter
+        (the gradient estimator is not one: it changes the gradient, not the bound)."""
+        return self.family == "iwae" and all(h is ESTIMATOR for h in self.hparams)
 
     @property
     def hparam_names(self) -> tuple[str, ...]:
