@@ -1,4 +1,5 @@
 """DVC stage `train@<name>`: train one entry of `models:` and log it as one MLflow run."""
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -41,6 +42,12 @@ def check_memory(run) -> None:
 
 
 def main():
+    # the lock that makes this process the one owner of its checkpoint is held until here
+    with contextlib.ExitStack() as held:
+        train_model(held)
+
+
+def train_model(held: contextlib.ExitStack):
     p = cli.parser(__doc__)
     p.add_argument("--name", required=True, help="a key of `models:` in params.yaml")
     p.add_argument("--data", default="data/prepared")
@@ -72,16 +79,21 @@ def main():
         source_metrics = metrics_path.parent / f"{run.init_from}.json"
         if source_metrics.exists():  # its final validation L_k, for the record
             init_info["init_from_valid_Lk"] = json.loads(source_metrics.read_text()).get("valid_Lk")
-    ckpt = tracking.repo_root() / ".checkpoints" / f"{train.checkpoint_key(run)}.npz"
+    # A checkpoint belongs to the one process training it: a parallel experiment of the same
+    # config gets a file of its own, never this one's live checkpoint.
+    ckpt = held.enter_context(train.own_checkpoint(tracking.repo_root() / ".checkpoints",
+                                                   train.checkpoint_key(run)))
     fingerprint = train.fingerprint(code_files(), Path(args.data))
     if run.init_from:  # a checkpoint made from other source weights is discarded
         for f in ("encoder.keras", "decoder.keras"):
             fingerprint["data"][f"{run.init_from}/{f}"] = io.file_sha256(out.parent / run.init_from / f)
-    meta = train.open_checkpoint(ckpt, fingerprint, say=lambda line: print(f"train@{name}: {line}"))
-    resume_id = meta.get("mlflow_run_id") if meta else None
+    # read once: what is announced below is what training resumes from
+    resumed = train.open_checkpoint(ckpt, fingerprint,
+                                    say=lambda line: print(f"train@{name}: {line}"))
+    resume_id = resumed.meta.get("mlflow_run_id") if resumed else None
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
           f"{len(x_train)} digits" + (f", from {run.init_from}'s weights" if run.init_from else "")
-          + (f", resuming after epoch {meta['epoch']}" if meta else ""))
+          + (f", resuming after epoch {resumed.meta['epoch']}" if resumed else ""))
 
     extra = {"objective": run.objective, "k": run.k, "vaelab.backend": backend.NAME,
              "vaelab.device": ", ".join(backend.devices())}
@@ -110,7 +122,7 @@ def main():
             result = train.train(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
                                  checkpoint_extra={"mlflow_run_id": log.run_id,
                                                    "fingerprint": fingerprint},
-                                 init_weights=init_weights)
+                                 init_weights=init_weights, resume=resumed)
         except Exception as e:
             if not isinstance(e, MemoryError) and type(e).__name__ != "ResourceExhaustedError":
                 raise
