@@ -11,7 +11,7 @@ behind `data.path`: replacing those files changes it, so `prepare` reruns.
 """
 from pathlib import Path
 
-from vaelab import cli, io
+from vaelab import cli, io, tracking
 from vaelab.config import load_params
 from vaelab.cost import check_cost
 from vaelab.data import DataError
@@ -43,6 +43,9 @@ def main():
                              "files": source_files(d.source, d.path)})
     print(f"check: {args.params} is valid; {len(params.models)} models: "
           + ", ".join(params.models))
+    for run_id in tracking.mark_stale_runs(params.mlflow.experiment):
+        print(f"check: MLflow run {run_id} was left RUNNING by a process that no longer "
+              "exists (killed): marked KILLED")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_checkpoint_of_other_code_or_data_is_discarded(digits, tmp_path):
     fp = {"code": {"vaelab/train.py": "1"}, "data": {"train.npz": "2"}}
     ckpt = saved_checkpoint(digits, tmp_path / "c.npz", fp)
     said = []
-    assert vtrain.open_checkpoint(ckpt, fp, said.append)["epoch"] == 1 and said == []
+    assert vtrain.open_checkpoint(ckpt, fp, said.append).meta["epoch"] == 1 and said == []
     for other, named in [({**fp, "code": {"vaelab/train.py": "X"}}, "code vaelab/train.py"),
                          ({**fp, "data": {"train.npz": "X"}}, "data train.npz")]:
         saved_checkpoint(digits, ckpt, fp)

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from .config import ParamsError, UserError
 
@@ -23,8 +25,29 @@ class Terminated(KeyboardInterrupt):
     run is marked FAILED and the last checkpoint is kept."""
 
 
-def _terminate(signum, frame):
-    raise Terminated
+class Orphaned(Terminated):
+    """The `dvc` process that started this stage died (`kill -TERM` of dvc alone, what
+    `timeout dvc repro` sends): stop as on SIGTERM rather than go on writing into the repo
+    with nobody to record the result."""
+
+
+def watch_parent(on_death, interval: float = 1.0):
+    """Call `on_death()` from a daemon thread once this process's parent is gone (the
+    process is then re-parented, and getppid() changes), unless the returned event is set
+    first. Polling the parent pid works on every POSIX system, unlike Linux's
+    PR_SET_PDEATHSIG, which also fires when merely the parent's thread that started us ends."""
+    import threading
+
+    parent, stop = os.getppid(), threading.Event()
+
+    def watch():
+        while not stop.wait(interval):
+            if os.getppid() != parent:
+                on_death()
+                return
+
+    threading.Thread(target=watch, name="watch-dvc-parent", daemon=True).start()
+    return stop
 
 
 # The environment, not the code, is at fault: one line naming the file and the fix.
@@ -38,34 +61,88 @@ _OS_FIXES = {
 }
 
 
+def restore_hint(dvc_yaml: str | Path = "dvc.yaml") -> str:
+    """How to get back the outputs DVC removed before running this stage, when DVC runs it
+    in the user's workspace (DVC_STAGE set; not a `--temp` or queued experiment, which runs
+    in a copy and leaves the workspace alone): `dvc checkout <stage>` for the cached outs,
+    `git checkout -- <files>` for the git-kept metrics (dvc.yaml's `cache: false`)."""
+    stage = os.environ.get("DVC_STAGE")
+    root = os.environ.get("DVC_ROOT")
+    if not stage or not root or Path(root).resolve() != Path.cwd().resolve():
+        return ""
+    name, _, key = stage.partition("@")
+    try:
+        import yaml
+
+        spec = yaml.safe_load(Path(dvc_yaml).read_text())["stages"][name]
+    except Exception:  # noqa: BLE001 - only a hint: never hide the error being reported
+        return f"; DVC removed this stage's previous outputs: `dvc checkout {stage}` restores them"
+    spec = spec.get("do", spec)
+    git = []
+    for out in [*spec.get("outs", []), *spec.get("metrics", []), *spec.get("plots", [])]:
+        if isinstance(out, dict):
+            [(path, opts)] = out.items()
+            if (opts or {}).get("cache") is False:
+                git.append(path.replace("${key}", key))
+    return (f"; DVC removed this stage's previous outputs: `dvc checkout {stage}`"
+            + (f" and `git checkout -- {' '.join(git)}` restore them" if git else " restores them"))
+
+
 def run(main, stage: str) -> None:
     """Call main(); a UserError becomes `<stage>: error: <message>` and exit status 2, an
     OSError of the environment (full disk, read-only or immutable file) one line and exit
-    status 1, Ctrl-C exit status 130, SIGTERM 143. Anything else is a bug and keeps its
-    traceback."""
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    status 1, Ctrl-C exit status 130, SIGTERM 143 (also when DVC's process that started the
+    stage dies). Anything else is a bug and keeps its traceback. Under `dvc repro`, the
+    line also says how to get back the outputs DVC removed before the stage ran."""
+    orphaned = []
+
+    def terminate(signum, frame):
+        raise Orphaned if orphaned else Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    watcher = None
+    if os.environ.get("DVC_STAGE"):  # not for a script run by hand, e.g. under nohup
+        watcher = watch_parent(lambda: (orphaned.append(True),
+                                        os.kill(os.getpid(), signal.SIGTERM)))
+    restore = restore_hint()
     try:
         try:
             main()
         except UserError as e:
-            print(f"{stage}: error: {e}", file=sys.stderr)
+            print(f"{stage}: error: {e}{restore}", file=sys.stderr)
             sys.exit(2)
+        except Orphaned:
+            print(f"{stage}: stopped: the dvc process that ran it is gone; a training's MLflow "
+                  "run is marked FAILED and its checkpoint kept: rerun `dvc repro` to resume"
+                  + restore, file=sys.stderr)
+            sys.exit(143)
         except Terminated:
             print(f"{stage}: terminated (SIGTERM); a training's MLflow run is marked FAILED "
-                  "and its checkpoint kept: rerun `dvc repro` to resume", file=sys.stderr)
+                  "and its checkpoint kept: rerun `dvc repro` to resume" + restore,
+                  file=sys.stderr)
             sys.exit(143)
         except KeyboardInterrupt:
-            print(f"{stage}: interrupted; rerun `dvc repro` to resume from the last checkpoint",
-                  file=sys.stderr)
+            print(f"{stage}: interrupted; rerun `dvc repro` to resume from the last checkpoint"
+                  + restore, file=sys.stderr)
             sys.exit(130)
         except OSError as e:
             if e.errno not in _OS_FIXES:
                 raise
             where = f" writing {e.filename}" if e.filename else ""
-            print(f"{stage}: error: {e.strerror or e}{where}; {_OS_FIXES[e.errno]}",
+            print(f"{stage}: error: {e.strerror or e}{where}; {_OS_FIXES[e.errno]}{restore}",
                   file=sys.stderr)
             sys.exit(1)
+        except Exception:
+            if not restore:
+                raise
+            import traceback
+
+            traceback.print_exc()  # a bug: its traceback, then how to get the outputs back
+            print(f"{stage}: error: unexpected failure{restore}", file=sys.stderr)
+            sys.exit(1)
     finally:
+        if watcher is not None:
+            watcher.set()
         signal.signal(signal.SIGTERM, previous)  # for callers other than a stage's __main__
 
 

@@ -165,13 +165,24 @@ def train_model(params: Params, name: str, data_dir: str | Path, out: Outputs,
     x_valid = data.load_prepared(data_dir, "valid")["x"]
     check_memory(run)
     init_weights, init_valid_lk = init_from(run, out)
-    ckpt = tracking.repo_root() / ".checkpoints" / f"{train.checkpoint_key(run)}.npz"
-    found = fingerprint(run, stage_file, data_dir, out)
-    meta = train.open_checkpoint(ckpt, found, say=lambda line: print(f"train@{name}: {line}"))
-    resume_id = meta.get("mlflow_run_id") if meta else None
+    # A checkpoint belongs to the one process training it (a lock held to the end): a
+    # parallel experiment of the same config gets a file of its own, never this one's live one.
+    with train.own_checkpoint(tracking.repo_root() / ".checkpoints",
+                              train.checkpoint_key(run)) as ckpt:
+        return _train_owned(params, name, run, (x_train, x_valid), out, ckpt,
+                            fingerprint(run, stage_file, data_dir, out), init_weights,
+                            init_valid_lk, data_dir)
+
+
+def _train_owned(params: Params, name: str, run: RunConfig, xs, out: Outputs, ckpt: Path,
+                 found: dict, init_weights, init_valid_lk, data_dir: Path):
+    x_train, x_valid = xs
+    # read once: what is announced below is what training resumes from
+    resumed = train.open_checkpoint(ckpt, found, say=lambda line: print(f"train@{name}: {line}"))
+    resume_id = resumed.meta.get("mlflow_run_id") if resumed else None
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
           f"{len(x_train)} digits" + (f", from {run.init_from}'s weights" if run.init_from else "")
-          + (f", resuming after epoch {meta['epoch']}" if meta else ""))
+          + (f", resuming after epoch {resumed.meta['epoch']}" if resumed else ""))
     with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), run_tags(run),
                             run_id=resume_id) as log:
         # Epochs past the checkpoint that the killed run had logged already are trained
@@ -190,7 +201,7 @@ def train_model(params: Params, name: str, data_dir: str | Path, out: Outputs,
         result = _train_guarded(run, x_train, x_valid, on_epoch=on_epoch, checkpoint=ckpt,
                                 checkpoint_extra={"mlflow_run_id": log.run_id,
                                                   "fingerprint": found},
-                                init_weights=init_weights)
+                                init_weights=init_weights, resume=resumed)
         if log.run_id != resume_id:  # a fresh run: give it the epochs a checkpoint restored
             for logs in result.history[:result.resumed_from]:
                 on_epoch(logs)

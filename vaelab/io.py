@@ -87,3 +87,46 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class _Lock:
+    """A held lock file; leaving the block removes the file, then releases the lock."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self.fd = path, fd
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        Path(self.path).unlink(missing_ok=True)
+        os.close(self.fd)  # releases the flock
+
+
+def exclusive_lock(path: str | Path) -> _Lock | None:
+    """An exclusive lock on `path` (created if missing) for this process, or None when a
+    live process holds it. The kernel releases it when the holder dies, even of SIGKILL,
+    so a lock is never stale. Without fcntl (Windows) every call gets the lock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        return _Lock(path, os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        # the previous holder may have removed the file between our open and our lock:
+        # then we locked a file nobody else will see, and must lock the new one
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return _Lock(path, fd)
+        except FileNotFoundError:
+            pass
+        os.close(fd)

@@ -11,7 +11,8 @@ import json
 import os
 import socket
 import subprocess
-from contextlib import contextmanager
+import types
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from .config import UserError
@@ -48,12 +49,18 @@ def repo_root() -> Path:
     return here
 
 
+def default_uri() -> str:
+    return f"sqlite:///{repo_root() / DB_NAME}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / DB_NAME}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def _is_default(uri: str) -> bool:
-    return not os.environ.get("MLFLOW_TRACKING_URI")
+    """Whether `uri` is this repo's own store. Compared by value: mlflow.set_tracking_uri
+    (connect) sets MLFLOW_TRACKING_URI in this process, so the variable cannot tell."""
+    return uri == default_uri()
 
 
 def _first_line(e: BaseException) -> str:
@@ -136,7 +143,82 @@ def connect(experiment: str):
         raise TrackingError(
             f"MLflow tracking store {uri} cannot be reached ({first[:200]}); start the server, "
             "or unset MLFLOW_TRACKING_URI to use the local sqlite store") from None
+    if exp is not None and _is_default(uri):
+        elsewhere = _outside_repo(exp.artifact_location)
+        if elsewhere is not None:
+            raise TrackingError(
+                f"MLflow store {uri}: experiment '{experiment}' keeps its artifacts in "
+                f"{elsewhere}, outside this repo (it was copied or moved), so its runs would "
+                f"write there; run `python -m vaelab.tracking --relocate` to keep them in "
+                f"{repo_root() / 'mlruns'} (copy the old runs' files from {elsewhere} first "
+                "if this repo lacks them), or set MLFLOW_TRACKING_URI")
     return client, exp_id
+
+
+def _local_path(location: str) -> Path | None:
+    """The folder a file: (or plain path) artifact location names; None for remote ones."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return None
+    return Path(url2pathname(parsed.path) if parsed.scheme else location)
+
+
+def _outside_repo(location: str) -> Path | None:
+    """The folder of a local artifact location outside this repo, else None. The default
+    store keeps absolute locations: those of a copied or moved repo name the original's;
+    one under .dvc/ is a temporary experiment's copy, deleted with it."""
+    path = _local_path(location)
+    if path is None:
+        return None
+    root, path = repo_root(), path.resolve()
+    inside = root in path.parents and root / ".dvc" not in (path, *path.parents)
+    return None if inside else path
+
+
+def _here(location: str) -> str:
+    """`location` moved into this repo: what follows its last `mlruns` folder, under
+    `<repo>/mlruns` (MLflow's own layout, `mlruns/<experiment id>`), in the same form
+    (file: URI or plain path)."""
+    parts = _local_path(location).parts
+    tail = parts[len(parts) - parts[::-1].index("mlruns"):] if "mlruns" in parts else ()
+    new = repo_root() / "mlruns" / Path(*tail) if tail else repo_root() / "mlruns"
+    return new.as_uri() if location.startswith("file:") else str(new)
+
+
+# Where the sqlite store keeps absolute artifact locations (MLflow 3's schema).
+_LOCATION_COLUMNS = [("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                     ("logged_models", "artifact_location"),
+                     ("model_versions", "storage_location")]
+
+
+def relocate() -> list[str]:
+    """Point every local artifact location of this repo's store that lies outside the repo
+    (a copied or moved repo's) into `<repo>/mlruns`: experiments, their runs and logged
+    models, by rewriting the prefix in the sqlite database. Files are not moved. Returns
+    a line per rewritten location."""
+    import sqlite3
+
+    db = repo_root() / DB_NAME
+    _check_sqlite_file(default_uri(), db)
+    if not db.is_file():
+        raise TrackingError(f"{db}: no such store; nothing to relocate")
+    said = []
+    with closing(sqlite3.connect(db)) as con, con:
+        tables = {n for (n,) in con.execute("select name from sqlite_master where type='table'")}
+        for (old,) in con.execute("select distinct artifact_location from experiments").fetchall():
+            if _outside_repo(old) is None:
+                continue
+            new = _here(old)
+            for table, column in _LOCATION_COLUMNS:
+                if table in tables:
+                    con.execute(f"update {table} set {column} = ? || substr({column}, ?) "
+                                f"where {column} = ? or substr({column}, 1, ?) = ?",
+                                (new, len(old) + 1, old, len(old) + 1, old + "/"))
+            said.append(f"{old} -> {new}")
+    return said
 
 
 def git_commit() -> str | None:
@@ -176,16 +258,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def mark_orphans_killed(client, exp_id: str, name: str, keep: str | None = None) -> list[str]:
-    """Runs of model `name` left RUNNING by a training process of this machine that is
-    gone (SIGKILL, a power cut: nothing could end them) are marked KILLED; returns their
-    ids. Runs of live processes (parallel queued experiments), of other machines, and
-    `keep` (the run about to be resumed) are left alone."""
+def _resumable(run, exp_id: str) -> bool:
+    """Whether a resumed training may continue `run` rather than start its own: only the
+    run's owner may, the same DVC experiment (or none, both times) in the same experiment,
+    and never while a process that may be alive (this machine's, or any other's) still
+    logs to it."""
+    tags = run.data.tags
+    if (run.info.experiment_id != exp_id
+            or tags.get("dvc.exp_name") != os.environ.get("DVC_EXP_NAME")):
+        return False
+    if run.info.status != "RUNNING":
+        return True
+    pid = tags.get("vaelab.pid", "")
+    return (tags.get("vaelab.host") == socket.gethostname() and pid.isdigit()
+            and (int(pid) == os.getpid() or not _alive(int(pid))))
+
+
+def mark_orphans_killed(client, exp_id: str, name: str | None = None,
+                        keep: str | None = None) -> list[str]:
+    """Runs of model `name` (of every model: None) left RUNNING by a training process of
+    this machine that is gone (SIGKILL, a power cut: nothing could end them) are marked
+    KILLED; returns their ids. Runs of live processes (parallel queued experiments), of
+    other machines, and `keep` (the run about to be resumed) are left alone."""
     host = socket.gethostname()
     killed = []
     # by tag (runs named `vae@exp-...`), and by name for runs from before that tag
-    runs = {r.info.run_id: r for query in (f"tags.`vaelab.model` = '{name}'",
-                                           f"attributes.run_name = '{name}'")
+    queries = ([f"tags.`vaelab.model` = '{name}'", f"attributes.run_name = '{name}'"]
+               if name is not None else ["tags.`vaelab.pid` != ''"])
+    runs = {r.info.run_id: r for query in queries
             for r in client.search_runs([exp_id], filter_string=(
                 f"{query} and attributes.status = 'RUNNING'"))}
     for run in runs.values():
@@ -199,6 +299,30 @@ def mark_orphans_killed(client, exp_id: str, name: str, keep: str | None = None)
     return killed
 
 
+def mark_stale_runs(experiment: str) -> list[str]:
+    """For the `check` stage, which runs before anything else: every run of `experiment`
+    whose training process is gone is marked KILLED (`mark_orphans_killed`), so a SIGKILL
+    leaves no run RUNNING past the next `dvc repro`. Costs nothing when the default store
+    has no RUNNING run: MLflow is imported only then."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        db = Path(uri[len("sqlite:///"):])
+        if not db.is_file():
+            return []
+        try:
+            with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+                running = "select 1 from runs where status = 'RUNNING' limit 1"
+                if not con.execute(running).fetchall():
+                    return []
+        except sqlite3.Error:
+            pass  # not a store yet, or damaged: connect() says which, in one line
+    client, exp_id = connect(experiment)
+    with store_errors("marking runs of dead processes KILLED"):
+        return mark_orphans_killed(client, exp_id)
+
+
 @contextmanager
 def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str | None = None):
     """One MLflow run for one trained model, ended FINISHED, or FAILED on any exception
@@ -208,20 +332,20 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
     import mlflow
 
     client, exp_id = connect(experiment)
-    resume = run_id
     with store_errors("starting the run"):
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+                if not _resumable(run, exp_id):
+                    run_id = None
+            except Exception:  # noqa: BLE001 - the old run is gone: start afresh
+                run_id = None
+        resume = run_id
         for orphan in mark_orphans_killed(client, exp_id, name, keep=run_id):
             print(f"mlflow: run {orphan} of '{name}' was left RUNNING by a training process "
                   "that no longer exists: marked KILLED")
         tags = {**tags, "vaelab.model": name, "vaelab.host": socket.gethostname(),
                 "vaelab.pid": str(os.getpid())}
-        if run_id is not None:
-            try:
-                run = client.get_run(run_id)
-                if run.info.experiment_id != exp_id:
-                    run_id = None
-            except Exception:  # noqa: BLE001 - the old run is gone: start afresh
-                run_id = None
         if run_id is None:
             run = client.create_run(exp_id, run_name=run_name(name), tags=tags)
             try:
@@ -441,3 +565,20 @@ class RunLogger:
     def describe(self) -> dict:
         return {"run_id": self.run_id, "experiment_id": self.experiment_id,
                 "tracking_uri": tracking_uri()}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from . import cli
+
+    p = argparse.ArgumentParser(description="This repo's MLflow store (mlflow.db).")
+    p.add_argument("--relocate", action="store_true", required=True,
+                   help="point artifact locations of a copied or moved repo at <repo>/mlruns")
+
+    def main():
+        p.parse_args()
+        for line in relocate() or ["nothing outside this repo: no change"]:
+            print(f"relocate: {line}")
+
+    cli.run(main, "relocate")

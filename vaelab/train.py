@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ from . import backend
 from . import data as vdata
 from . import models
 from .config import RunConfig, UserError
-from .io import file_sha256
+from .io import exclusive_lock, file_sha256
 from . import objectives
 from .objectives import iwae
 
@@ -351,32 +352,66 @@ def _changed(old: dict, new: dict) -> list[str]:
     return names
 
 
-def open_checkpoint(path: Path, expected: dict, say: Callable[[str], None] = print) -> dict | None:
-    """The meta of the checkpoint at `path` if it can resume a run whose fingerprint is
+@dataclass
+class Checkpoint:
+    """A checkpoint read into memory: what training resumes from is exactly what was
+    checked (and announced), even if the file changes afterwards."""
+    meta: dict
+    arrays: dict[str, np.ndarray]
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Every member read once (a damaged one fails its CRC here), meta parsed."""
+    with np.load(path) as z:
+        arrays = {name: z[name] for name in z.files}
+    meta = json.loads(arrays.pop("meta").tobytes().decode())
+    meta["epoch"], meta["history"]  # KeyError: not a checkpoint that can resume
+    return Checkpoint(meta, arrays)
+
+
+def open_checkpoint(path: Path, expected: dict,
+                    say: Callable[[str], None] = print) -> Checkpoint | None:
+    """The checkpoint at `path`, in memory, if it can resume a run whose fingerprint is
     `expected`; else None. A checkpoint of other code or data is deleted, an unreadable one
     (truncated, damaged) is renamed to `*.bad`; either with a one-line notice."""
     if not path.exists():
         return None
     try:
-        with np.load(path) as z:
-            for name in z.files:  # reads every member: a damaged one fails its CRC here
-                z[name]
-            meta = json.loads(z["meta"].tobytes().decode())
-        meta["epoch"], meta["history"]
+        ckpt = read_checkpoint(path)
     except Exception as e:  # noqa: BLE001 - whatever is wrong, it cannot be resumed
         bad = path.with_name(path.name + ".bad")
         os.replace(path, bad)
         say(f"checkpoint {path} is unreadable ({type(e).__name__}): set aside as {bad.name}; "
             "training starts from epoch 1")
         return None
-    changed = _changed(meta.get("fingerprint", {}), expected)
+    changed = _changed(ckpt.meta.get("fingerprint", {}), expected)
     if changed:
         path.unlink()
         shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
         say(f"checkpoint {path.name} was made with other code or data ({shown} changed): "
             "discarded; training starts from epoch 1")
         return None
-    return meta
+    return ckpt
+
+
+@contextmanager
+def own_checkpoint(folder: Path, key: str, slots: int = 100):
+    """The checkpoint path of config `key` that this process alone uses while the block
+    runs: the first of `<key>.npz`, `<key>-2.npz`, ... whose lock file no live process
+    holds. Two trainings of one config at once (parallel `dvc exp run --temp` or queued
+    experiments differing only in evaluate keys) never resume or overwrite each other's
+    live checkpoint, while a killed run's checkpoint, its lock gone with its process, is
+    resumed by the next training of that config."""
+    for i in range(1, slots + 1):
+        stem = key if i == 1 else f"{key}-{i}"
+        lock = exclusive_lock(folder / f"{stem}.lock")
+        if lock is None:
+            continue
+        with lock:
+            yield folder / f"{stem}.npz"
+        return
+    raise UserError(f"{folder}: {slots} trainings of the config {key} run at once; wait for "
+                    "some to finish")
 
 
 def save_checkpoint(path: Path, model: models.VAE, optimizer, epoch: int, history: list,
@@ -413,18 +448,17 @@ def checkpoint_meta(path: Path) -> dict | None:
         return json.loads(z["meta"].tobytes().decode())
 
 
-def load_checkpoint(path: Path, model: models.VAE, optimizer, best: "Best | None" = None) -> dict:
-    with np.load(path) as z:
-        meta = json.loads(z["meta"].tobytes().decode())
-        if best is not None and "best" in meta:
-            best.restore(meta["best"], [z[f"best_{i}"] for i in range(meta["best"]["n_weights"])])
-        n_enc = len(model.encoder.get_weights())
-        n_dec = len(model.decoder.get_weights())
-        model.encoder.set_weights([z[f"enc_{i}"] for i in range(n_enc)])
-        model.decoder.set_weights([z[f"dec_{i}"] for i in range(n_dec)])
-        for i, v in enumerate(optimizer.variables):
-            v.assign(z[f"opt_{i}"])
-        return meta
+def restore_checkpoint(ckpt: Checkpoint, model: models.VAE, optimizer,
+                       best: "Best | None" = None) -> None:
+    z, meta = ckpt.arrays, ckpt.meta
+    if best is not None and "best" in meta:
+        best.restore(meta["best"], [z[f"best_{i}"] for i in range(meta["best"]["n_weights"])])
+    n_enc = len(model.encoder.get_weights())
+    n_dec = len(model.decoder.get_weights())
+    model.encoder.set_weights([z[f"enc_{i}"] for i in range(n_enc)])
+    model.decoder.set_weights([z[f"dec_{i}"] for i in range(n_dec)])
+    for i, v in enumerate(optimizer.variables):
+        v.assign(z[f"opt_{i}"])
 
 
 class Best:
@@ -610,13 +644,15 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
           on_epoch: Callable[[dict], None] | None = None,
           checkpoint: Path | None = None, checkpoint_extra: dict | None = None,
           progress: Progress | None = None,
-          init_weights: tuple[list, list] | None = None) -> TrainResult:
+          init_weights: tuple[list, list] | None = None,
+          resume: Checkpoint | None = None) -> TrainResult:
     """Train one model. x_train, x_valid: uint8 [N, 28, 28] as prepared.
 
     `on_epoch(logs)` is called after every epoch with the epoch number, train and valid
     bound and terms, and seconds. With `checkpoint`, the state is saved there every
     `train.checkpoint_every` epochs and restored from it at start when it exists; the
-    caller removes it once the outputs are safely written.
+    caller removes it once the outputs are safely written. `resume`: a checkpoint already
+    read (`open_checkpoint`) to restore instead, so the file is not read a second time.
 
     `init_weights` (encoder weights, decoder weights): start from these instead of a fresh
     initialisation (objective switching, `init_from`); the optimizer starts fresh.
@@ -636,9 +672,11 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     history: list[dict] = []
     start_epoch = 0
     best = Best(t.patience, t.restore_best) if t.patience is not None or t.restore_best else None
-    if checkpoint is not None and checkpoint.exists():
-        meta = load_checkpoint(checkpoint, vae, optimizer, best)
-        start_epoch, history = meta["epoch"], meta["history"]
+    if resume is None and checkpoint is not None and checkpoint.exists():
+        resume = read_checkpoint(checkpoint)
+    if resume is not None:
+        restore_checkpoint(resume, vae, optimizer, best)
+        start_epoch, history = resume.meta["epoch"], list(resume.meta["history"])
     result = TrainResult(vae.encoder, vae.decoder, history, resumed_from=start_epoch, vae=vae)
     progress = progress or Progress(run.name, t.epochs)
     for epoch in range(start_epoch + 1, t.epochs + 1):
