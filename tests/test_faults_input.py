@@ -1,0 +1,102 @@
+"""Hostile input, round three (issue 22): binary digits, conversion hints, counts whose cost
+has no bound, TensorFlow on the JAX path."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_data import write_pair
+
+from vaelab.config import DataConfig
+from vaelab.data import DataError, binarize, load_prepared, load_source, prepare
+
+
+@pytest.fixture(scope="module")
+def bits():
+    """Real digits binarized and stored the way binarized MNIST often is: uint8 0/1."""
+    x, y = load_source("mnist5k")
+    return (x[:600] > 127).astype(np.uint8), y[:600]
+
+
+def lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line]
+
+
+# ----------------------------------------------------------------------------------------
+# binary digits
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "threshold"])
+def test_binary_npz_is_used_as_the_digits_with_one_line(bits, mode, tmp_path, capsys):
+    x, y = bits
+    path = tmp_path / "binarized.npz"
+    np.savez(path, x=x, y=y)
+    cfg = DataConfig(source="npz", path=str(path), binarize=mode, valid_size=100,
+                     test_size=100, seed=0)
+    prepare(cfg, tmp_path / "out")
+    [line] = lines(capsys)
+    assert "only 0 and 1" in line and "binary" in line and str(path) in line, line
+    digits = {a.tobytes() for a in x}
+    for part in ("train", "valid", "test"):
+        d = load_prepared(tmp_path / "out", part)
+        assert set(np.unique(d["x"])) == {0, 255}
+        # whatever the mode and draw, a binary digit binarizes to itself
+        b = binarize(d["x"], "static" if mode == "dynamic" else mode, seed=7)
+        assert all(row.reshape(28, 28).tobytes() in digits for row in b)
+        if "xb" in d:  # the fixed bits the models are scored (and static ones trained) on
+            np.testing.assert_array_equal(d["xb"], b)
+
+
+def test_binary_idx_folder_is_used_as_the_digits(bits, tmp_path, capsys):
+    x, y = bits
+    write_pair(tmp_path / "idx", "train", x[:500], y[:500])
+    write_pair(tmp_path / "idx", "t10k", x[500:], y[500:], gz=True)
+    cfg = DataConfig(source="idx", path=str(tmp_path / "idx"), valid_size=50, test_size=50)
+    prepare(cfg, tmp_path / "out")
+    assert len(lines(capsys)) == 1
+    test = load_prepared(tmp_path / "out", "test")
+    np.testing.assert_array_equal(test["xb"].reshape(-1, 28, 28) * 255, test["x"])
+    assert {a.tobytes() for a in test["xb"].reshape(-1, 28, 28)} <= {a.tobytes() for a in x[500:]}
+
+
+def test_binary_digits_with_binarize_none_are_grey_0_and_255(bits, tmp_path, capsys):
+    path = tmp_path / "b.npz"
+    np.savez(path, x=bits[0], y=bits[1])
+    prepare(DataConfig(source="npz", path=str(path), binarize="none", valid_size=100,
+                       test_size=100), tmp_path / "out")
+    [line] = lines(capsys)
+    assert "binarize none" in line and "0 and 255" in line
+    assert set(np.unique(load_prepared(tmp_path / "out", "train")["x"])) == {0, 255}
+
+
+def test_binary_training_files_with_grey_test_files_are_refused(bits, tmp_path):
+    x, y = bits
+    grey, _ = load_source("mnist5k")
+    write_pair(tmp_path / "idx", "train", x[:500], y[:500])
+    write_pair(tmp_path / "idx", "t10k", grey[:100], y[:100])
+    cfg = DataConfig(source="idx", path=str(tmp_path / "idx"), valid_size=50, test_size=50)
+    with pytest.raises(DataError, match=r"data\.path: .*binary digits.*grey values") as e:
+        prepare(cfg, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_grey_digits_are_not_taken_for_binary(tmp_path, capsys):
+    prepare(DataConfig(valid_size=100, test_size=100), tmp_path / "out")
+    assert not any("binary" in line for line in lines(capsys))
+    assert load_prepared(tmp_path / "out", "train")["x"].max() == 255
+
+
+# ----------------------------------------------------------------------------------------
+# conversion hints: the right one for the values at hand
+
+@pytest.mark.parametrize("x, want, never", [
+    (np.full((3, 28, 28), 40000, np.uint16), "np.rint(x / 257)", "x * 255"),
+    (np.full((3, 28, 28), 200, np.int64), "x.astype(np.uint8)", "x * 255"),
+    (np.where(np.eye(28)[None] > 0, np.nan, 0.5).repeat(3, 0), "3 image(s) hold NaN", "x * 255"),
+    (np.full((3, 28, 28), 0.5, np.float32), "np.rint(x * 255)", "257"),
+    (np.full((3, 28, 28), -1.0), "negative", "x * 255"),
+], ids=["uint16", "int64-grey", "nan", "float-unit", "negative"])
+def test_npz_conversion_hint_fits_the_values(x, want, never, tmp_path):
+    path = tmp_path / "x.npz"
+    np.savez(path, x=x, y=np.zeros(len(x), np.int64))
+    with pytest.raises(DataError) as e:
+        load_source("npz", str(path))
+    assert want in str(e.value) and never not in str(e.value), str(e.value)
