@@ -100,3 +100,32 @@ def test_npz_conversion_hint_fits_the_values(x, want, never, tmp_path):
     with pytest.raises(DataError) as e:
         load_source("npz", str(path))
     assert want in str(e.value) and never not in str(e.value), str(e.value)
+
+
+# ----------------------------------------------------------------------------------------
+# the JAX path imports no TensorFlow, even where it is installed
+
+def test_train_stage_on_jax_imports_no_tensorflow_and_prints_no_absl_lines(tmp_path):
+    """TFP's JAX substrate imported TensorFlow (to copy docstrings) whenever it is installed:
+    absl and CUDA-driver lines on stderr, seconds of start-up (vaelab/backend.py)."""
+    import subprocess
+    import sys
+
+    from repo_copy import env_for, make_repo
+
+    repo = make_repo(tmp_path / "repo", {
+        "data": {"valid_size": 100, "test_size": 100}, "model": {"latent": 3, "hidden": [10]},
+        "train": {"epochs": 1, "backend": "jax", "valid_k": 5},
+        "models": {"vae": {"objective": "elbo_analytic", "k": 1}}})
+    env = env_for()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell: TF's C++ lines would show
+    assert subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=repo, env=env,
+                          capture_output=True).returncode == 0
+    probe = ("import atexit, runpy, sys; sys.argv = ['train', '--name', 'vae'];"
+             "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules));"
+             "runpy.run_module('stages.train', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tensorflow imported: False" in out.stdout, out.stdout
+    assert not any(w in out.stderr for w in ("absl", "cuda drivers", "oneDNN")), out.stderr
