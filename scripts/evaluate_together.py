@@ -5,9 +5,10 @@ one, when the two-layer models were trained in another clone or experiment).
     python scripts/evaluate_together.py models/vae_mc models/iwae ../other/models/iwae_2l \
         --json /tmp/together.json
 
-Uses params.yaml's `evaluate:` section and data/prepared's test digits. Every folder's
-model.json must name the same data as params.yaml (source, path, seed, valid and test sizes):
-models trained on another split would be scored on digits they may have trained on.
+Uses params.yaml's `evaluate:` section and data/prepared's test digits. Each folder is
+checked against itself and the digits it is scored on (vaelab.provenance): its weights and
+model.json must be as trained (a relabelled objective or k is refused), and its training
+digits, re-derived from the data its model.json records, must not be among the test digits.
 `--snr-light` measures the gradient SNR on one digit with 10 draws (claims 5 and 7 then rest
 on that; claim 8 does not read it). Writes nothing in the repo. Errors a user can cause (a
 missing or damaged folder, another data split) are one line and exit status 2.
@@ -32,22 +33,18 @@ def main():
     args = p.parse_args()
     params = load_params(args.params)
     use_backend(params.train.backend)
-    from vaelab import data, evaluate, report
+    from vaelab import data, evaluate, provenance, report
 
     cfg = params.evaluate
     if args.snr_light:
         cfg = dataclasses.replace(cfg, snr_estimators=("standard",), snr_digits=1, snr_repeats=10)
     test = data.load_prepared(args.data, "test")
     results, infos = {}, {}
-    want = {f"data.{k}": v for k, v in dataclasses.asdict(params.data).items()
-            if k in ("source", "path", "seed", "valid_size", "test_size")}
     loaded = {}  # every folder checked before anything is computed, as the evaluate stage does
     for folder in map(Path, args.folders):
         m = evaluate.Loaded.from_folder(folder)
-        got = {k: m.info.get(k) for k in want}
-        if got != want:
-            raise UserError(f"{folder}/model.json: trained on {got}, params.yaml's data is "
-                            f"{want}; evaluate models of one data split together")
+        provenance.check_weights(folder, m.info)
+        provenance.check_disjoint(folder, m.info, args.data, test["x"][:cfg.n_test])
         if m.name in loaded:
             raise UserError(f"{folder}: a second model named {m.name!r}; rename one folder")
         loaded[m.name] = m

@@ -129,3 +129,82 @@ def test_train_stage_on_jax_imports_no_tensorflow_and_prints_no_absl_lines(tmp_p
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tensorflow imported: False" in out.stdout, out.stdout
     assert not any(w in out.stderr for w in ("absl", "cuda drivers", "oneDNN")), out.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# every count has an upper bound, enforced by `check` from a cost estimate
+
+def checked(edit, monkeypatch=None):
+    """params.yaml edited, parsed and costed as the check stage does; the refusal or None."""
+    import yaml
+
+    from vaelab import cli
+    from vaelab.config import ParamsError, parse_params
+    from vaelab.cost import check_cost
+
+    if monkeypatch is not None:  # the same verdicts on any machine
+        monkeypatch.setattr(cli, "available_bytes", lambda: 16 * 2**30)
+    raw = yaml.safe_load(open("params.yaml"))
+    edit(raw)
+    try:
+        check_cost(parse_params(raw))
+    except ParamsError as e:
+        assert "\n" not in str(e)
+        return str(e)
+    return None
+
+
+def test_the_committed_params_pass_the_cost_check(monkeypatch, capsys):
+    assert checked(lambda r: None, monkeypatch) is None
+    assert capsys.readouterr().out == ""
+    # Burda et al.'s whole schedule on full MNIST (about a day on 2 cores) is allowed
+    assert checked(lambda r: (r["data"].update(source="mnist", test_size=10000),
+                              r["train"].update(schedule="burda", epochs=None)), monkeypatch) is None
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda r: r["train"].update(schedule="burda", schedule_stages=20, epochs=None),
+     "train.schedule_stages: 20 with train.epochs null"),
+    (lambda r: r["train"].update(epochs=10**9), "train.epochs: 1,000,000,000"),
+    (lambda r: r["models"]["iwae"].update(epochs=10**9), "models.iwae.epochs"),
+    (lambda r: r["sample"].update(n=10**9), "sample.n: 1,000,000,000"),
+    (lambda r: r["train"].update(valid_k=10**9), "train.valid_k: 1,000,000,000"),
+    (lambda r: r["models"]["iwae"].update(k=10**7), "models.iwae.k"),
+    (lambda r: r["models"].update(miwae={"objective": "miwae", "k": 10, "m": 10**7}),
+     "models.miwae.m"),
+    (lambda r: r["model"].update(latent=10**9), "model.latent"),
+    (lambda r: r["model"].update(hidden=[10**6, 10**6]), "model.hidden"),
+    (lambda r: r["models"]["vae"].update(hidden=[10**6]), "models.vae.hidden"),
+    (lambda r: (r["model"].update(layers=2, h1_latent=10**8),
+                r["models"]["vae"].update(objective="elbo_mc")), "model.h1_latent"),
+    (lambda r: r["evaluate"].update(k=10**9), "evaluate.k: 1,000,000,000"),
+    (lambda r: r["evaluate"].update(k=10**6, n_test=200, chunk=10**6), "evaluate.chunk"),
+    (lambda r: r["evaluate"].update(snr_k=[1, 10**9]), "evaluate.snr_k"),
+    (lambda r: r["evaluate"].update(snr_repeats=10**7), "evaluate.snr_repeats"),
+], ids=["schedule-20-null", "epochs", "model-epochs", "sample-n", "valid-k", "k", "m",
+        "latent", "hidden", "model-hidden", "h1-latent", "evaluate-k", "chunk", "snr-k",
+        "snr-repeats"])
+def test_an_unbounded_count_is_refused_by_check_naming_its_key(edit, key, monkeypatch):
+    error = checked(edit, monkeypatch)
+    assert error is not None and error.startswith("params.yaml: ") and key in error.split(": about")[0], error
+    assert "GiB" in error or "years" in error or "days" in error
+    if "valid_k" in key:  # the train stage's out-of-memory line blamed model.hidden
+        assert "model.hidden" not in error
+
+
+def test_a_million_schedule_stages_is_one_line_and_does_not_hang_check(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+    from repo_copy import env_for
+
+    raw = yaml.safe_load(open("params.yaml"))
+    raw["train"].update(schedule="burda", schedule_stages=1_000_000)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "stages.check", "--params",
+                          str(tmp_path / "params.yaml"), "--out", str(tmp_path / "s.json")],
+                         capture_output=True, text=True, env=env_for(), timeout=60)
+    assert out.returncode == 2, out.stderr
+    [line] = out.stderr.splitlines()
+    assert "train.schedule_stages: must be at most 40" in line and "1000000" in line

@@ -446,18 +446,23 @@ def binary_as_grey(sources: list[tuple[np.ndarray, np.ndarray]], cfg: DataConfig
     return [(x * np.uint8(255), y) for x, y in sources]
 
 
-def prepare(cfg: DataConfig, out_dir: str | Path, say=print) -> dict[str, int]:
-    """Write train.npz, valid.npz, test.npz into out_dir; return their sizes. `say` prints
-    the one line about binary source data (`binary_as_grey`)."""
-    out_dir = Path(out_dir)
+def split_source(cfg: DataConfig, say=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The digits of `cfg`'s source, split into {"train", "valid", "test"} as `prepare`
+    writes them (also what vaelab.provenance re-derives a model's training digits with).
+    `say` prints the one line about binary source data (`binary_as_grey`)."""
     if cfg.source == "idx" and cfg.path:
         train, test = idx_split(cfg.path)
         train, *test = binary_as_grey([train] + ([test] if test else []), cfg, say)
-        parts = official_split(train, test[0] if test else None, cfg.valid_size,
-                               cfg.test_size, cfg.seed)
-    else:
-        [(x, y)] = binary_as_grey([load_source(cfg.source, cfg.path)], cfg, say)
-        parts = split(x, y, cfg.valid_size, cfg.test_size, cfg.seed)
+        return official_split(train, test[0] if test else None, cfg.valid_size,
+                              cfg.test_size, cfg.seed)
+    [(x, y)] = binary_as_grey([load_source(cfg.source, cfg.path)], cfg, say)
+    return split(x, y, cfg.valid_size, cfg.test_size, cfg.seed)
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path, say=print) -> dict[str, int]:
+    """Write train.npz, valid.npz, test.npz into out_dir; return their sizes."""
+    out_dir = Path(out_dir)
+    parts = split_source(cfg, say)
 
     # The evaluation bits: thresholded when the models train on thresholded data, else one
     # fixed Bernoulli draw. For binarize "none" the draw is still made so every test.npz has

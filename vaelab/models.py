@@ -18,8 +18,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from . import provenance
 from .backend import tfd
 from .config import ModelConfig, UserError
+from .cost import n_weights  # noqa: F401 - the memory check of stages/train.py
 
 N_PIXELS = 784
 
@@ -368,19 +370,6 @@ class VAE:
         return self.encoder.variables + self.decoder.variables
 
 
-def n_weights(cfg: ModelConfig) -> int:
-    """Weights and biases of both networks (the memory check of stages/train.py)."""
-    dense = lambda sizes: sum(a * b + b for a, b in zip(sizes, sizes[1:]))  # noqa: E731
-    out = 2 * N_PIXELS  # a decoder's outputs (Gaussian: two heads; Bernoulli: one, bounded above)
-    if cfg.layers == 1:
-        return (dense([N_PIXELS, *cfg.hidden, 2 * cfg.latent])
-                + dense([cfg.latent, *reversed(cfg.hidden), out]))
-    return (dense([N_PIXELS, *cfg.hidden, 2 * cfg.h1_latent])
-            + dense([cfg.h1_latent, *cfg.h1_hidden, 2 * cfg.latent])
-            + dense([cfg.latent, *reversed(cfg.h1_hidden), 2 * cfg.h1_latent])
-            + dense([cfg.h1_latent, *reversed(cfg.hidden), out]))
-
-
 # ---------------------------------------------------------------------------------------
 # export: encoder.keras, decoder.keras, model.json
 
@@ -391,6 +380,7 @@ def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model, info: d
     folder.mkdir(parents=True, exist_ok=True)
     encoder.save(folder / "encoder.keras")
     decoder.save(folder / "decoder.keras")
+    info = provenance.stamped(folder, info)  # a relabelled folder will not match it
     (folder / "model.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
