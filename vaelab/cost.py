@@ -123,12 +123,18 @@ def _train_costs(params, run) -> list[Cost]:
     steps_key = _driver((epochs_key, t.epochs, 200), (k_key, s, 50))
     valid_key = _driver((epochs_key, t.epochs, 200), (valid_k_key, t.valid_k, 50))
     where = f"model '{run.name}'"
+    samples = f"{k_key}: {_samples(run)} sample(s)"
+    batch_key = _key(params, run, "train", "batch_size")
+    memory_key = _driver((k_key, s, 50), (batch_key, batch, 100))
     return [
-        Cost(steps_key, f"{epochs} x {_samples(run)} sample(s) x {n_train:,} digits ({where})",
+        Cost(steps_key, (f"{epochs} x {_samples(run)} sample(s)" if steps_key == epochs_key
+                         else f"{samples} x {t.epochs:,} epochs") + f" x {n_train:,} digits "
+             f"({where})",
              seconds=slow * t.epochs * n_train * (1 / TRAIN_DIGITS_PER_S + s / TRAIN_SAMPLES_PER_S),
              fix=f"lower {steps_key}" + (more if steps_key == epochs_key else "")),
-        Cost(valid_key, f"{epochs} x {valid_k_key}: {t.valid_k:,} samples x {n_valid:,} "
-             f"validation digits ({where})",
+        Cost(valid_key, (f"{epochs} x {t.valid_k:,} validation samples" if valid_key == epochs_key
+                         else f"{valid_k_key}: {t.valid_k:,} samples x {t.epochs:,} epochs")
+             + f" x {n_valid:,} validation digits ({where})",
              seconds=slow * t.epochs * n_valid * (s + t.valid_k) / SAMPLES_PER_S,
              fix=f"lower {valid_key}" + (more if valid_key == epochs_key else "")),
         # weights, gradients and two Adam slots: 4 float32 copies
@@ -136,10 +142,10 @@ def _train_costs(params, run) -> list[Cost]:
              f"{where}): {n_weights(m):,} weights, gradients and Adam's two slots",
              bytes=16 * n_weights(m), fix="use smaller layers"),
         # activations kept for the backward pass: about three times the forward's
-        Cost(_driver((k_key, s, 50), (_key(params, run, "train", "batch_size"), batch, 100)),
-             f"{k_key}: {_samples(run)} samples x {_key(params, run, 'train', 'batch_size')} {t.batch_size:,} digits per step "
-             f"({where})", bytes=3 * 4 * batch * s * floats,
-             fix=f"lower {k_key} or train.batch_size"),
+        Cost(memory_key, (f"{samples} x {batch_key} {t.batch_size:,}" if memory_key == k_key
+                          else f"{batch_key}: {t.batch_size:,} x {_samples(run)} sample(s)")
+             + f" digits per step ({where})", bytes=3 * 4 * batch * s * floats,
+             fix=f"lower {k_key} or {batch_key}"),
         # the validation bound: 500 digits at a time, all valid_k samples at once
         Cost(valid_k_key, f"{valid_k_key}: {t.valid_k:,} samples x {min(500, n_valid)} "
              f"validation digits per pass ({where})",
