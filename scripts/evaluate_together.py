@@ -7,13 +7,15 @@ two-layer models were trained in another clone or experiment).
 
 Each input is a record (`metrics/eval/<name>.json`, vaelab.measurements) or a model folder
 (encoder.keras, decoder.keras, model.json), which is then measured here with params.yaml's
-`evaluate:` section on data/prepared's test digits. Every input must come from the data split
-of params.yaml (source, path, seed, valid and test sizes): models trained on another split
-would be scored on digits they may have trained on; and all with the same estimator of the
-NLL (evaluate.k, n_test, seed, snr_k, prior_k). `--snr-light` measures a folder's gradient
-SNR on one digit with 10 draws (claims 5 and 7 then rest on that; claim 8 does not read it).
-Writes nothing in the repo and logs nothing to MLflow. Errors a user can cause (a missing or
-damaged input, another data split) are one line and exit status 2.
+`evaluate:` section on data/prepared's test digits. Records must all come from one data split
+and one estimator of the NLL (evaluate.k, n_test, seed, snr_k, prior_k). A folder is checked
+against itself and the digits it is scored on (vaelab.provenance): its weights and model.json
+must be as trained (a relabelled objective or k is refused), and its training digits,
+re-derived from the data its model.json records, must not be among the test digits.
+`--snr-light` measures a folder's gradient SNR on one digit with 10 draws (claims 5 and 7 then
+rest on that; claim 8 does not read it). Writes nothing in the repo and logs nothing to
+MLflow. Errors a user can cause (a missing or damaged input, another data split) are one line
+and exit status 2.
 """
 import argparse
 import dataclasses
@@ -54,15 +56,15 @@ def main():
         seen.add(name)
     if folders:
         use_backend(params.train.backend)
-        from vaelab import data, evaluate
+        from vaelab import data, evaluate, provenance
 
-        loaded = [evaluate.Loaded.from_folder(f) for f in folders]
-        for m in loaded:
-            got = {k: m.info.get(k) for k in measurements.DATA_KEYS}
-            if got != split:
-                raise UserError(f"{m.name}/model.json: trained on {got}, params.yaml's data "
-                                f"is {split}; judge models of one data split together")
         test = data.load_prepared(args.data, "test")
+        loaded = []
+        for f in folders:  # against its own weights and the digits it is scored on
+            m = evaluate.Loaded.from_folder(f)
+            provenance.check_weights(f, m.info)
+            provenance.check_disjoint(f, m.info, args.data, test["x"][:cfg.n_test])
+            loaded.append(m)
         n_train = len(data.load_prepared(args.data, "train")["y"])
         for m in loaded:
             records[m.name], _ = evaluate.measure(m, test, n_train, cfg, run={})

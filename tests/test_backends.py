@@ -40,8 +40,8 @@ def run_py(code: str, backend: str, *args, timeout=600, **env) -> subprocess.Com
 
 
 def test_vaelab_on_jax_needs_no_tensorflow():
-    """Every vaelab module imports with TensorFlow unimportable. (Where TF is installed,
-    TFP's JAX substrate itself imports it, so 'not in sys.modules' cannot be asked.)"""
+    """Every vaelab module imports with TensorFlow unimportable. (Where TF is installed it
+    is not imported either: tests/test_faults_input.py asks sys.modules after a training.)"""
     code = NO_TF + textwrap.dedent("""
         from vaelab import backend, bench, data, evaluate, gpucheck, models, objectives, train
         from vaelab.quiet import use_backend

@@ -201,7 +201,8 @@ def test_fresh_process_loads_export_with_plain_keras(exported, batch, kind):
 def test_load_round_trip(saved, batch, kind):
     root, pairs = saved
     enc, dec, info = models.load(root / kind)
-    assert info == {"decoder": kind, "latent": LATENT}
+    # plus the digest binding it to the weights (vaelab.provenance)
+    assert info == {"decoder": kind, "latent": LATENT, "weights_sha256": info["weights_sha256"]}
     assert json.loads((root / kind / "model.json").read_text()) == info
     for original, loaded, inp in ((pairs[kind][0], enc, batch["grey"]), (pairs[kind][1], dec, batch["z"])):
         assert loaded is not original

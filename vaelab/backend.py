@@ -21,9 +21,33 @@ if NAME == "tensorflow":
     import tensorflow as tf
     import tensorflow_probability as tfp
 elif NAME == "jax":
+    import sys
+
     import jax
     import jax.numpy as jnp
-    from tensorflow_probability.substrates import jax as tfp
+
+    # TFP's JAX substrate imports TensorFlow whenever it is installed, only to copy its
+    # docstrings (tensorflow_probability/python/internal/backend/jax/_utils.py and
+    # tf_inspect.py, each in a try/except ImportError): seconds of start-up and absl lines
+    # on stderr. Unimportable while the substrate loads, TF is skipped as on a JAX-only
+    # machine. A finder that refuses it, not a None in sys.modules: Keras takes any entry
+    # there for an imported TensorFlow.
+    class _NoTensorFlow:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name.split(".")[0] == "tensorflow":
+                raise ImportError("TensorFlow is not imported on the JAX backend")
+
+    sys.meta_path.insert(0, _NoTensorFlow)
+    try:
+        from tensorflow_probability.substrates import jax as tfp
+        tfp.distributions, tfp.bijectors, tfp.math  # noqa: B018 - lazy modules: load them now
+        # Keras imports TensorFlow too whenever it can (keras.utils.set_random_seed seeds
+        # it), through a lazy handle that keeps its first answer: let that answer be no.
+        from keras.src.utils import module_utils
+        module_utils.tensorflow.available  # noqa: B018
+    finally:
+        sys.meta_path.remove(_NoTensorFlow)
 else:  # pragma: no cover - a process started with KERAS_BACKEND=torch, say
     raise ImportError(f"vaelab runs on Keras' tensorflow or jax backend, not {NAME!r} "
                       "(set KERAS_BACKEND, or train.backend in params.yaml)")

@@ -81,6 +81,17 @@ class ModelConfig:
         return ((self.h1_latent, self.hidden), *middle, (self.latent, self.h1_hidden))
 
 
+def burda_epochs(n: int) -> int:
+    """Epochs of Burda et al.'s schedule of n stages: sum of 3^i for i < n, without
+    materialising it."""
+    return (3 ** n - 1) // 2
+
+
+# Stage i runs 3^i epochs: past this the schedule's length stops being a number worth
+# computing (40 stages: 6e18 epochs); the check stage's cost estimate refuses far fewer.
+MAX_SCHEDULE_STAGES = 40
+
+
 def burda_stages(n: int) -> list[tuple[int, float]]:
     """Burda et al. 2015's schedule: stage i = 0..n-1 runs 3^i passes at learning rate
     10^(-i/7) times the base rate (0.001 in the paper). [(passes, factor)] per stage."""
@@ -337,7 +348,12 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     c.choice(t.schedule, f"{key}.schedule", SCHEDULES)
     c.integer(t.schedule_stages, f"{key}.schedule_stages", low=1)
     if t.schedule == "burda":
-        total = sum(p for p, _ in burda_stages(t.schedule_stages))
+        if t.schedule_stages > MAX_SCHEDULE_STAGES:
+            c.fail(f"{key}.schedule_stages", f"must be at most {MAX_SCHEDULE_STAGES} (stage i "
+                   f"runs 3^i epochs: {MAX_SCHEDULE_STAGES} stages are "
+                   f"{burda_epochs(MAX_SCHEDULE_STAGES):.1e} epochs; Burda et al. use 8)",
+                   t.schedule_stages)
+        total = burda_epochs(t.schedule_stages)
         if t.epochs is None:
             t = dataclasses.replace(t, epochs=total)
         elif c.integer(t.epochs, f"{key}.epochs", low=1) > total:

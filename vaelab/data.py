@@ -254,6 +254,30 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _uint8_hint(x: np.ndarray) -> str:
+    """How to convert these values to uint8 0..255, read from the values themselves: the
+    conversion that is right for floats in [0, 1] scrambles 16-bit or NaN-holding data."""
+    if x.size == 0 or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        return ""
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        bad = int(np.sum(np.any(~np.isfinite(x.reshape(len(x), -1)), axis=1))) if x.ndim else 1
+        return (f"; {bad} image(s) hold NaN or infinite values: drop or repair them first "
+                "(e.g. x = x[np.isfinite(x).all(axis=(1, 2))])")
+    low, high = x.min(), x.max()
+    if low < 0:
+        return f"; its values go down to {low}: pixels cannot be negative"
+    whole = x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer) or np.all(x == np.rint(x))
+    if whole and high <= 255:
+        # 0/1 data stays 0/1 here: `prepare` reads it as binary digits
+        return " (its values are whole numbers 0..255: convert with x.astype(np.uint8))"
+    if whole and high <= 65535:
+        return (f" (its values reach {high}, 16-bit grey levels: convert with "
+                "np.rint(x / 257).astype(np.uint8))")
+    if not whole and high <= 1:
+        return " (its values are in [0, 1]: convert with np.rint(x * 255).astype(np.uint8))"
+    return f" (its values reach {high}: rescale them to 0..255, then x.astype(np.uint8))"
+
+
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DataError(f"data.path: {path}: file not found (expected an .npz holding "
@@ -271,8 +295,8 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     # Floats are refused even when they look like pixels: [0, 1] vs 0..255 cannot be told
     # apart reliably, and guessing wrong silently trains on black images.
     if x.dtype != np.uint8:
-        raise DataError(f"{path}: key 'x' must be uint8 0..255, got dtype {x.dtype} "
-                        "(convert with np.rint(x * 255).astype(np.uint8) if it is in [0, 1])")
+        raise DataError(f"{path}: key 'x' must be uint8 0..255, got dtype {x.dtype}"
+                        f"{_uint8_hint(x)}")
     if x.ndim == 2 and x.shape[1] == PIXELS:
         x = x.reshape(-1, *IMAGE_SHAPE)
     if x.ndim != 3 or x.shape[1:] != IMAGE_SHAPE:
@@ -393,19 +417,57 @@ def bits_per_dim(nll_dequantized: float, pixels: int = PIXELS) -> float:
 # ----------------------------------------------------------------------------------------
 # the prepare stage and its outputs
 
-def prepare(cfg: DataConfig, out_dir: str | Path) -> dict[str, int]:
-    """Write train.npz, valid.npz, test.npz into out_dir; return their sizes."""
-    out_dir = Path(out_dir)
+def is_binary(x: np.ndarray) -> bool:
+    """uint8 images whose values are all 0 or 1 (some 1): binarized digits, as binarized
+    MNIST is often stored. As grey levels they would be near-black (1 of 255)."""
+    return x.dtype == np.uint8 and x.size > 0 and int(x.max()) == 1
+
+
+def binary_as_grey(sources: list[tuple[np.ndarray, np.ndarray]], cfg: DataConfig,
+                   say=print) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Binary digits (`is_binary`) -> grey 0 and 255, with one line saying so; anything else
+    as it is. Read as grey levels, 0/1 data would train on near-blank images without a word;
+    refusing it would only make the user multiply by 255 themselves. As 0/255 every
+    `data.binarize` mode gives back exactly the digits (a Bernoulli draw of probability 0 or
+    1 is the digit itself; so is the threshold), and `none` models them as grey values 0
+    and 255. Sources of one data set (idx training and test files) must agree."""
+    binary = [is_binary(x) for x, _ in sources]
+    if not any(binary):
+        return sources
+    if not all(binary):
+        raise DataError(f"data.path: {cfg.path}: the training files hold binary digits "
+                        "(values 0 and 1) and the test files grey values 0..255, or the "
+                        "other way round; store both the same way (binary x * 255 is grey)")
+    view = (f"data.binarize {cfg.binarize} gives back exactly these digits"
+            if cfg.binarize != "none" else
+            "data.binarize none models them as grey values 0 and 255")
+    say(f"prepare: {cfg.path}: x holds only 0 and 1: read as binary digits (1 -> grey 255), "
+        f"{view}")
+    return [(x * np.uint8(255), y) for x, y in sources]
+
+
+def split_source(cfg: DataConfig, say=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The digits of `cfg`'s source, split into {"train", "valid", "test"} as `prepare`
+    writes them (also what vaelab.provenance re-derives a model's training digits with).
+    `say` prints the one line about binary source data (`binary_as_grey`)."""
     # A source published with a test set keeps it (Burda et al.'s benchmark, and every
     # table users compare against): mnist and fashion_mnist as keras downloads them, idx
     # folders with t10k-/test- files. The same digits either way, so the same split.
-    if cfg.source in ("mnist", "fashion_mnist"):
-        parts = official_split(*_load_keras(cfg.source), cfg.valid_size, cfg.test_size, cfg.seed)
-    elif cfg.source == "idx" and cfg.path:
-        parts = official_split(*idx_split(cfg.path), cfg.valid_size, cfg.test_size, cfg.seed)
-    else:
-        x, y = load_source(cfg.source, cfg.path)
-        parts = split(x, y, cfg.valid_size, cfg.test_size, cfg.seed)
+    published = (_load_keras(cfg.source) if cfg.source in ("mnist", "fashion_mnist")
+                 else idx_split(cfg.path) if cfg.source == "idx" and cfg.path else None)
+    if published is not None:
+        train, test = published
+        train, *test = binary_as_grey([train] + ([test] if test else []), cfg, say)
+        return official_split(train, test[0] if test else None, cfg.valid_size,
+                              cfg.test_size, cfg.seed)
+    [(x, y)] = binary_as_grey([load_source(cfg.source, cfg.path)], cfg, say)
+    return split(x, y, cfg.valid_size, cfg.test_size, cfg.seed)
+
+
+def prepare(cfg: DataConfig, out_dir: str | Path, say=print) -> dict[str, int]:
+    """Write train.npz, valid.npz, test.npz into out_dir; return their sizes."""
+    out_dir = Path(out_dir)
+    parts = split_source(cfg, say)
 
     # The evaluation bits: thresholded when the models train on thresholded data, else one
     # fixed Bernoulli draw. For binarize "none" the draw is still made so every test.npz has

@@ -22,6 +22,19 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def digest(files: list[str | Path], record: dict) -> str:
+    """sha256 of the files' bytes and a JSON record, in order: binds a record (a model.json)
+    to the files it describes (its weights), so that editing either is seen."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(Path(path).name.encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    h.update(json.dumps(record, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def _named(e: OSError, path: Path) -> OSError:
     """A write into an open file (a full disk) raises OSError without a file name; name the
     output, so the one-line error says which one failed."""

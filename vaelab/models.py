@@ -20,9 +20,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import card
+from . import card, provenance
 from .backend import tfd
 from .config import ModelConfig, UserError
+from .cost import n_weights  # noqa: F401 - the memory check of stages/train.py
 
 N_PIXELS = 784
 
@@ -417,19 +418,6 @@ class VAE:
         return self.encoder.variables + self.decoder.variables
 
 
-def n_weights(cfg: ModelConfig) -> int:
-    """Weights and biases of both networks (the memory check of training)."""
-    dense = lambda sizes: sum(a * b + b for a, b in zip(sizes, sizes[1:]))  # noqa: E731
-    out = 2 * N_PIXELS  # a decoder's outputs (Gaussian: two heads; Bernoulli: one, bounded above)
-    sizes, below, total = cfg.stochastic, N_PIXELS, 0
-    for units, hidden in sizes:  # q(h1|x), q(h2|h1), ..
-        total += dense([below, *hidden, 2 * units])
-        below = units
-    for (units, _), (above, hidden) in zip(sizes, sizes[1:]):  # p(h_i|h_{i+1})
-        total += dense([above, *reversed(hidden), 2 * units])
-    return total + dense([sizes[0][0], *reversed(cfg.hidden), out])
-
-
 # ---------------------------------------------------------------------------------------
 # export: encoder.keras, decoder.keras, model.json
 
@@ -441,7 +429,8 @@ def save(folder: str | Path, encoder: keras.Model, decoder: keras.Model,
     folder.mkdir(parents=True, exist_ok=True)
     encoder.save(folder / "encoder.keras")
     decoder.save(folder / "decoder.keras")
-    card.write_info(folder, info)
+    content = info.to_info() if isinstance(info, card.ModelCard) else dict(info)
+    card.write_info(folder, provenance.stamped(folder, content))  # a relabelled folder will not match
 
 
 def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
