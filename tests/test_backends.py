@@ -57,7 +57,7 @@ def test_vaelab_on_jax_needs_no_tensorflow():
 
 TINY = {"model": {"latent": 5, "hidden": [20]}, "train": {"epochs": 1, "batch_size": 50},
         "models": {"m": {"objective": "iwae", "k": 5}}}
-K, N = 400, 60  # importance samples and test digits for the cross-backend comparison
+K, N = 400, 240  # importance samples and test digits for the cross-backend comparison
 
 SCRIPT = textwrap.dedent("""
     import io, json, sys
@@ -105,27 +105,29 @@ def test_model_exported_on_one_backend_loads_and_evaluates_on_the_other(crossed,
         for name in ("loc", "scale", "logits"):
             np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-5, err_msg=name)
         # ... and L_K is the same bound up to Monte Carlo error (other random streams):
-        # per digit, the difference of two independent estimates has mean 0
+        # per digit, the difference of two independent estimates has mean 0; the standard
+        # error of its mean over the digits is measured from their spread (each digit's
+        # draws are its own). 240 digits make it ~0.07 nats (L ~ -510): a bias of 0.5 nats
+        # (0.1% of |L|) on one backend fails, measured by injecting one into the JAX path.
         from scipy.special import logsumexp
 
         l_a, l_b = (logsumexp(lw, axis=0) - np.log(K) for lw in (a["lw"], b["lw"]))  # [N]
         assert a["lw"].shape == b["lw"].shape == (K, N)
         assert not np.array_equal(a["lw"], b["lw"])  # really other random numbers
         d = l_a - l_b
-        assert abs(d.mean()) < 4 * d.std(ddof=1) / np.sqrt(N) + 1e-3, (d.mean(), d.std())
-        assert abs(l_a.mean() - l_b.mean()) < 0.05 * abs(l_a.mean())
+        se = d.std(ddof=1) / np.sqrt(N)
+        assert se < 0.1, se  # the power above: the test can see a 0.5-nat bias
+        assert abs(d.mean()) < 4.5 * se, (d.mean(), se)
 
 
 def test_trained_models_differ_by_backend_only_by_random_stream(crossed):
-    """Same config, other random numbers (initial weights, samples): other weights, but a
-    bound of the same size after one epoch."""
+    """Same config, other random numbers (initial weights, samples): other weights. (How
+    close their bounds are is training noise, which one run per backend cannot measure:
+    the bound's equality across backends is tested on one model above, and JAX training
+    by the tests rerun on JAX below, training improving the bound among them.)"""
     with np.load(crossed / "tensorflow_on_tensorflow.npz") as a, \
             np.load(crossed / "jax_on_tensorflow.npz") as b:
         assert not np.allclose(a["loc"], b["loc"])
-        from scipy.special import logsumexp
-
-        la, lb = (float((logsumexp(z["lw"], 0) - np.log(K)).mean()) for z in (a, b))
-        assert abs(la - lb) < 0.1 * abs(la), (la, lb)
 
 
 # --------------------------------------------------------------------------------------

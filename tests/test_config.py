@@ -37,34 +37,67 @@ def defaults() -> dict:
 # ---------------------------------------------------------------------------------------
 # valid configurations
 
-def test_defaults_parse():
-    p = parse_params(defaults(), FILE)
+def test_parse_keeps_what_the_file_says_and_normalizes_types():
+    """Every key given comes through unchanged in value; lists become tuples, an integer
+    learning rate a float; models keep their order and name; a run without overrides shares
+    its sections."""
+    raw = defaults()
+    raw["train"]["learning_rate"] = 1
+    p = parse_params(raw, FILE)
     assert p.path == FILE
-    assert list(p.models) == ["vae", "vae_mc", "iwae", "prior"]
-    assert p.data.source == "mnist5k" and p.data.path is None and p.data.binarize == "dynamic"
-    assert p.model.hidden == (200, 200) and isinstance(p.model.hidden, tuple)
-    assert p.model.decoder_scale == "learned"
-    assert p.train.learning_rate == 0.001 and isinstance(p.train.learning_rate, float)
-    assert p.evaluate.k == 5000 and p.evaluate.n_test == 500
-    assert p.sample.n == 100 and p.mlflow.experiment == "vae-iwae"
-    objectives = {name: (r.objective, r.k) for name, r in p.models.items()}
-    assert objectives == {"vae": ("elbo_analytic", 1), "vae_mc": ("elbo_mc", 1),
-                          "iwae": ("iwae", 50), "prior": ("prior_mc", 50)}
+    assert list(p.models) == list(raw["models"])
+    for section in ("data", "model", "train", "evaluate", "sample", "mlflow"):
+        got = dataclasses.asdict(getattr(p, section))
+        for key, value in raw[section].items():
+            assert got[key] == (tuple(value) if isinstance(value, list) else value), (section, key)
+    assert isinstance(p.model.hidden, tuple)
+    assert p.train.learning_rate == 1.0 and isinstance(p.train.learning_rate, float)
     for name, run in p.models.items():
         assert isinstance(run, RunConfig) and run.name == name
+        assert (run.objective, run.k) == (raw["models"][name]["objective"], raw["models"][name]["k"])
         assert run.data == p.data and run.model == p.model and run.train == p.train
 
 
-def test_shipped_params_file_loads_with_its_commented_values():
-    """The repo's own params.yaml (comments, flow maps, `null`) as load_params reads it."""
+def _committed():
     from pathlib import Path
 
-    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    assert p.data.path is None and p.model.hidden == (200, 200)
-    assert p.train.learning_rate == 0.001 and p.train.jit is False
-    assert {n: (r.objective, r.k) for n, r in p.models.items()} == {
-        "vae": ("elbo_analytic", 1), "vae_mc": ("elbo_mc", 1), "iwae": ("iwae", 50),
-        "prior": ("prior_mc", 50)}
+    path = Path(__file__).resolve().parents[1] / "params.yaml"
+    return path, yaml.safe_load(path.read_text())
+
+
+def test_committed_params_file_resolves_every_model_it_lists():
+    """The repo's own params.yaml (comments, flow maps, `null`) as load_params reads it: each
+    `models:` and `switched:` entry becomes a run whose every data/model/train key is the
+    file's section value or the entry's override, whose objective and k are the entry's, and
+    whose flat view (model.json, MLflow params) survives JSON."""
+    import json
+
+    path, raw = _committed()
+    p = load_params(path)
+    entries = {**(raw.get("models") or {}), **(raw.get("switched") or {})}
+    assert list(p.models) == list(entries) and entries
+    for name, entry in entries.items():
+        run = p.models[name]
+        assert (run.objective, run.k) == (entry["objective"], entry.get("k", 1))
+        flat = run.as_flat_dict()
+        assert json.loads(json.dumps(flat)) == flat
+        for section in ("data", "model", "train"):
+            for key, value in dataclasses.asdict(getattr(run, section)).items():
+                want = entry.get(key, raw.get(section, {}).get(key, value)) \
+                    if section != "data" else raw["data"].get(key, value)
+                want = tuple(want) if isinstance(want, list) else want
+                assert value == want, (name, section, key)
+
+
+def test_default_budget_is_the_committed_params_budget():
+    """DEFAULT_BUDGET is documented as the committed params.yaml's budget (a run below it is
+    labelled indicative): it must follow the file, not drift from it."""
+    from vaelab.config import DEFAULT_BUDGET
+
+    p = load_params(_committed()[0])
+    for key, value in DEFAULT_BUDGET.items():
+        section, name = key.split(".")
+        assert getattr(getattr(p, section), name) == value, key
 
 
 def test_default_budget_is_the_committed_params():

@@ -205,7 +205,8 @@ def failing(exc):
 
 @pytest.mark.parametrize("stage, cached, git", [
     ("train@vae", "train@vae", "metrics/train/vae.json metrics/curves/vae.csv"),
-    ("evaluate", "evaluate", "metrics/evaluate.json metrics/summary.json"),
+    ("evaluate@vae", "evaluate@vae", "metrics/eval/vae.json"),
+    ("report", "report", "metrics/summary.json"),
     ("prepare", "prepare", None)])
 def test_a_failing_stage_says_how_to_get_its_previous_outputs_back(monkeypatch, capsys, stage,
                                                                    cached, git):

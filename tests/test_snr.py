@@ -87,7 +87,6 @@ def test_model_snr_on_a_small_keras_model():
     x[:, :100] = 0.0  # pixels off in every digit: their first-layer encoder weights are 0/0
     out = snr.model_snr(m, x, (1, 5), ("standard", "stl"), digits=2, repeats=4, seed=0)
     flat = snr.flat_metrics(out["result"])
-    assert out["seconds"] > 0
     for e in ("standard", "stl"):
         for g in ("encoder", "decoder"):
             assert f"snr_{e}_{g}_k5_median" in flat and f"snr_{e}_{g}_slope" in flat
@@ -97,3 +96,31 @@ def test_model_snr_on_a_small_keras_model():
     assert flat["snr_standard_decoder_k1_share_dropped"] < 0.5
     # STL changes the encoder's gradient only
     assert flat["snr_stl_decoder_k5_median"] == flat["snr_standard_decoder_k5_median"]
+
+
+def test_model_draws_are_fresh_gradients_of_the_iwae_loss():
+    """What model_snr's statistics are of: per repeat, a gradient of -IWAE-k on one digit
+    with samples of its own, a pure function of the seed. Against the maths: the gradient
+    of -log (1/k) sum_i p(x|z_i) ... with respect to the decoder's output bias b_j is
+    sum_i w~_i (sigmoid(l_ij) - x_j), so every draw lies in (0, 1) where x_j = 0 and in
+    (-1, 0) where x_j = 1 (a wrong sign, target or variable order breaks it)."""
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(latent=4, hidden=(8,))
+    m = evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
+                        {"model.decoder": "bernoulli", "model.latent": 4})
+    x = (np.random.default_rng(3).random((2, 784)) < 0.3).astype(np.float32)
+    draws = snr.model_draws(m, x, repeats=6, seed=0)
+    a, b = draws(1, 5, "standard", 11), draws(1, 5, "standard", 11)
+    for g in snr.GROUPS:
+        np.testing.assert_array_equal(a[g], b[g])  # the same seed, the same draws
+        assert a[g].shape == (6, sum(int(np.prod(v.shape)) for v in
+                                     getattr(m, g).trainable_variables))
+        # every repeat draws other samples: no two rows equal
+        assert len({r.tobytes() for r in a[g]}) == 6, g
+    other = draws(1, 5, "standard", 12)["decoder"]
+    assert not np.array_equal(other, a["decoder"])
+    assert [v.path for v in m.decoder.trainable_variables][-1].endswith("logits/bias")
+    bias = a["decoder"][:, -784:]  # [repeats, 784]: the output bias comes last
+    on = x[1] == 1
+    assert np.all((bias[:, on] < 0) & (bias[:, on] > -1))
+    assert np.all((bias[:, ~on] > 0) & (bias[:, ~on] < 1))
