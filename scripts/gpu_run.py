@@ -498,6 +498,9 @@ def main(argv=None) -> int:
     p.add_argument("--peer-cap", type=float, default=60, help="seconds per peer run")
     p.add_argument("--full-mnist", default=str(ROOT / "scripts" / "gpu_full_mnist.yaml"),
                    help="params overrides for the full-MNIST rows ('' to skip them)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="multiply every part's time limit (default: 1 on a GPU, 4 in a "
+                        "rehearsal); the budget still bounds the whole")
     p.add_argument("--full-mnist-cap", type=float, default=None,
                    help="seconds for the full-MNIST rows (default: the rest of the budget)")
     p.add_argument("--parts", nargs="*",
@@ -521,7 +524,7 @@ def main(argv=None) -> int:
         args.tiny = run.out["tiny"] = True
     run.out["rehearsal"] = not dev.get("gpu")
     # the caps are sized for a GPU machine; a loaded 2-core CPU, tiny settings and all, is slower
-    scale = 4 if run.out["rehearsal"] else 1
+    scale = args.scale or (4 if run.out["rehearsal"] else 1)
     args.peer_cap *= scale
     if run.part("install", part_install(run, args, env), 120 * scale).get("status") != "ok":
         run.say("the carried packages did not install or import: nothing else can run")
