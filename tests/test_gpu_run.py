@@ -99,3 +99,15 @@ def test_readme_block_names_figures_and_targets():
 def test_readme_has_the_generated_block():
     text = (ROOT / "README.md").read_text()
     assert gpu_readme.START in text and gpu_readme.END in text
+
+
+def test_readme_merges_a_call_continued_on_the_same_day():
+    first = {"started": "2026-12-01 12:00:00 UTC", "device": "NVIDIA H200", "_path": "a.json",
+             "parts": {"gpucheck": {"status": "ok"}, "dvc": {"status": "timeout"}}}
+    second = {"started": "2026-12-01 12:30:00 UTC", "device": "NVIDIA H200", "_path": "b.json",
+              "parts": {"dvc": {"status": "ok"}}}
+    other_day = {"started": "2026-11-30 09:00:00 UTC", "device": "NVIDIA H200",
+                 "_path": "c.json", "parts": {"bench": {"status": "ok"}}}
+    got = gpu_readme.newest([first, second, other_day])
+    assert got["parts"] == {"gpucheck": {"status": "ok"}, "dvc": {"status": "ok"}}
+    assert got["_path"] == "a.json, b.json"
