@@ -455,7 +455,7 @@ def part_full_mnist(run: Run, args, env):
             raise
         finally:
             rec["stages_s"] = stage_seconds(lines, time.monotonic() - tic)
-            rec["epochs_done"] = _epochs_done(repo)
+            rec["epochs_done"] = _epochs_done(lines)
             packed = _pack_state(repo)
             if packed:
                 rec["state"] = {"file": packed.name, "mb": round(packed.stat().st_size / 1e6, 1)}
@@ -470,10 +470,14 @@ def part_full_mnist(run: Run, args, env):
     return fn
 
 
-def _epochs_done(repo: Path) -> dict:
+def _epochs_done(lines: list[tuple[float, str]]) -> dict:
+    """The last epoch each model reached, from the train stage's `<name> epoch N/M` lines
+    (a cut run writes no curve; its checkpoint holds the last multiple of checkpoint_every)."""
     out = {}
-    for f in (repo / "metrics" / "curves").glob("*.csv"):
-        out[f.stem] = max(0, len(f.read_text().splitlines()) - 1)
+    for _, line in lines:
+        m = re.match(r"\s*(\S+) epoch (\d+)/\d+", line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
     return out
 
 

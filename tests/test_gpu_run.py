@@ -111,3 +111,22 @@ def test_readme_merges_a_call_continued_on_the_same_day():
     got = gpu_readme.newest([first, second, other_day])
     assert got["parts"] == {"gpucheck": {"status": "ok"}, "dvc": {"status": "ok"}}
     assert got["_path"] == "a.json, b.json"
+
+
+def test_full_mnist_state_round_trip(tmp_path):
+    """The checkpoints a cut call packs are what the next call unpacks into its clone."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / ".checkpoints").mkdir(parents=True)
+    (repo / ".checkpoints" / "iwae-abc.npz").write_bytes(b"weights")
+    lines = [(1.0, "train@iwae: iwae k=50, 3280 epochs on 50000 digits"),
+             (2.0, "iwae epoch 6/3280  train bound -95.1  valid bound -96.0  1.1s"),
+             (3.0, "iwae epoch 7/3280  train bound -95.0  valid bound -95.9  1.0s")]
+    assert gpu_run._epochs_done(lines) == {"iwae": 7}
+    packed = gpu_run._pack_state(repo)
+    again = tmp_path / "next"
+    again.mkdir()
+    shutil.unpack_archive(packed, again)
+    assert (again / ".checkpoints" / "iwae-abc.npz").read_bytes() == b"weights"
+    assert gpu_run._pack_state(again / "nothing") is None
