@@ -10,43 +10,17 @@
 #                                        uses an environment that already has it
 # Writes gpu_bench.json and gpu_bench_xla.json in the repo root.
 #
-# BACKEND=jax: for a machine with CUDA and JAX but no TensorFlow, MLflow, DVC or network.
-# The wheels it lacks (keras, tfp-nightly and their dependencies, pinned in
-# scripts/gpu_wheels.txt, which also holds the `pip download` command that fetches them on
-# a networked machine) travel in .whl/ (git-ignored) and are installed offline into
-# /tmp/site. Runs
-# `python -m vaelab.gpucheck`: the devices JAX sees, the benchmark rows, and the default
-# params' models trained and evaluated on mnist5k. Writes gpu_check_jax.json in the repo
-# root (GPUCHECK_ARGS adds options, e.g. "--epochs 50" or "--quick").
-#   BACKEND=jax scripts/gpu_check.sh
+# BACKEND=jax: for a machine with CUDA and JAX but no TensorFlow, MLflow, DVC or network (the
+# lent GPU machines): runs scripts/gpu_run.py, the one device call (its docstring says what
+# it measures; the wheels it needs come from scripts/gpu_wheels.sh), passing arguments on.
+#   BACKEND=jax scripts/gpu_check.sh [--budget SECONDS ...]
 #
 # ALLOW_CPU=1 runs the checks even where no GPU is visible (to try this script on a CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${BACKEND:-tensorflow}" = jax ]; then
-  PYTHON=${PYTHON:-python3}
-  if [ -d .whl ] && compgen -G ".whl/*.whl" >/dev/null; then
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}  # this checkout's vaelab
-  export KERAS_BACKEND=jax
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  "$PYTHON" - <<'PY'
-import os
-import jax
-devices = jax.devices()
-print("JAX", jax.__version__, "sees:", devices)
-if not any(d.platform == "gpu" for d in devices):
-    if not os.environ.get("ALLOW_CPU"):
-        raise SystemExit("no GPU visible to JAX: check the driver and JAX's CUDA wheels "
-                         "(pip install 'jax[cuda13]')")
-    print("no GPU: running on the CPU (ALLOW_CPU)")
-PY
-  # shellcheck disable=SC2086
-  "$PYTHON" -m vaelab.gpucheck --json gpu_check_jax.json ${GPUCHECK_ARGS:-}
-  exit 0
+  exec "${PYTHON:-python3}" scripts/gpu_run.py "$@"
 fi
 
 if [ -z "${PYTHON:-}" ]; then

@@ -33,6 +33,9 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true",
                    help="tiny settings (1 epoch, few bench steps, L_500 on 100 images, "
                         "small evaluation) to try the check itself on a CPU")
+    p.add_argument("--no-bench", action="store_true",
+                   help="skip the benchmark rows (scripts/gpu_run.py times them with "
+                        "`vaelab.bench` beside the peers, in the same call)")
     args = p.parse_args(argv)
 
     from .config import load_params
@@ -74,14 +77,17 @@ def _check(args, params) -> dict:
     # -- the benchmark rows (vaelab.bench's own functions) ------------------------------
     steps, repeats = (4, 1) if args.quick else (20, 5)
     eval_k, eval_images = (500, 100) if args.quick else (5000, 500)
-    rows = [{"what": "fp32 matmul 2048x2048", "gflops": bench.matmul_gflops(repeats=repeats)}]
-    for bs in (100, 1000):
+    rows = [] if args.no_bench else [
+        {"what": "fp32 matmul 2048x2048", "gflops": bench.matmul_gflops(repeats=repeats)}]
+    for bs in () if args.no_bench else (100, 1000):
         for objective, k in (("iwae", 50), ("elbo_analytic", 1)):
             rows.append(bench.bench_train(objective, k, bs, steps, repeats))
             print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['samples_per_s']:,.0f} samples/s",
                   flush=True)
-    rows.append(bench.bench_eval(eval_k, eval_images, 500, 100, max(1, repeats // 2)))
-    print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['images_per_s']:,.0f} images/s", flush=True)
+    if not args.no_bench:
+        rows.append(bench.bench_eval(eval_k, eval_images, 500, 100, max(1, repeats // 2)))
+        print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['images_per_s']:,.0f} images/s",
+              flush=True)
     out["bench"] = rows
 
     # -- the default run's models, trained and evaluated through the library -------------
