@@ -12,6 +12,7 @@ def main():
     p = cli.parser(__doc__)
     p.add_argument("--evals", default="metrics/eval", help="folder of the records")
     p.add_argument("--arrays", default="measurements", help="folder of the figures' arrays")
+    p.add_argument("--curves", default="metrics/curves", help="folder of the per-epoch curves")
     p.add_argument("--out", default="reports", help="folder for report.md and figures/")
     p.add_argument("--summary", default="metrics/summary.json",
                    help="the headline figures per model (what `dvc exp show` lists)")
@@ -28,7 +29,8 @@ def main():
     if j.budget:
         print(f"report: indicative run, below the default budget: {'; '.join(j.budget)}")
     with io.atomic_dir(args.out) as out:
-        report.write(j, arrays, out)
+        report.write(j, arrays, out, {n: measurements.read_curve(Path(args.curves) / f"{n}.csv")
+                                      for n in names})
     io.write_json(args.summary, report.summary(j.results, j.infos))
     for c in j.claims:
         print(f"report: claim {c.number} ({c.title}): {c.verdict}{j.label}")

@@ -37,3 +37,36 @@ def test_table_rows_state_the_gap_and_the_budget():
     assert not any(line.startswith("| prior ") for line in lines)  # no published row
     assert literature.table([dict(m, family="prior")]) == []
     assert literature.updates(1, 101, 20) == 6
+
+
+def test_the_report_sets_measured_rows_beside_the_literature(tmp_path):
+    """From measurement records: the rows that have a published counterpart, their budget
+    from the model card, the gap, and the convergence figure from the curves."""
+    import numpy as np
+    from test_measurements import record
+
+    from vaelab import measurements, report
+    extra = {"train.batch_size": 100, "train.schedule": "burda", "train.schedule_stages": 5,
+             "train.learning_rate": 0.001, "train.valid_k": 50, "device": "cpu:0 (cpu)"}
+    recs = {r.name: r for r in (
+        record("vae", "elbo_analytic", 1, nll=90.0, **extra),
+        record("iwae", "iwae", 50, nll=88.0, **extra),
+        record("prior", "prior_mc", 50, nll=120.0, **extra),
+        record("dreg", "iwae", 50, nll=87.5, estimator="dreg", **extra))}
+    j = report.judge(recs)
+    rows = {r["name"]: r for r in report.literature_rows(j.results, j.infos, j.n_train)}
+    assert set(rows) == {"vae", "iwae"}  # no published row for eq. (7) or for DReG
+    assert rows["iwae"]["updates"] == 200 * 40 and rows["iwae"]["schedule"].startswith("burda, 5")
+    text = "\n".join(report.literature_section(j.results, j.infos,
+                                               {"k": 20, "n_test": 40, "n_train": 4000}))
+    assert "| iwae | IWAE k=50, 1 layer | 88.14 | 84.78 | +3.36 |" in text
+    assert "cpu:0 (cpu)" in text and "3,280" in text
+    # the curves become the convergence figure; a run without curves has none
+    path = tmp_path / "iwae.csv"
+    path.write_text("epoch,valid_Lk\n1,-150\n2,-120.5\n3,-110.25\n")
+    curve = measurements.read_curve(path)
+    np.testing.assert_array_equal(curve["valid_Lk"], [-150, -120.5, -110.25])
+    assert measurements.read_curve(tmp_path / "none.csv") == {}
+    assert report._convergence(tmp_path, j, {"iwae": curve})[0][1] == "convergence.png"
+    assert (tmp_path / "convergence.png").exists()
+    assert report._convergence(tmp_path / "x", j, {}) == []

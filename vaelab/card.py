@@ -25,7 +25,7 @@ VERSION_KEY = "schema_version"
 SCHEMA_VERSION = 2
 # what training found, beside the config (None: not recorded, left out of the file)
 TRAINING = ("epochs_trained", "stopped_early", "best_epoch", "restored_best",
-            "init_from_valid_Lk", "train_seconds", "posterior_std_by_epoch")
+            "init_from_valid_Lk", "train_seconds", "posterior_std_by_epoch", "device")
 
 
 class CardError(UserError, ValueError):
@@ -42,10 +42,13 @@ class ModelCard:
     init_from_valid_Lk: float | None = None  # the source model's, for objective switching
     train_seconds: float | None = None
     posterior_std_by_epoch: list | None = None  # [[epoch, median std of q]], ~10 epochs
+    # what it trained on (vaelab.backend.devices): the budget line beside published figures
+    device: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod
-    def from_training(cls, run: RunConfig, result, init_from_valid_Lk=None) -> "ModelCard":
+    def from_training(cls, run: RunConfig, result, init_from_valid_Lk=None,
+                      device: str | None = None) -> "ModelCard":
         """The card of a finished training (a vaelab.train.TrainResult)."""
         history, every = result.history, max(1, len(result.history) // 10)
         best = result.best_epoch is not None
@@ -53,7 +56,7 @@ class ModelCard:
             config=run.as_flat_dict(), epochs_trained=result.epochs_trained,
             stopped_early=result.stopped_early, best_epoch=result.best_epoch,
             restored_best=result.restored_best if best else None,
-            init_from_valid_Lk=init_from_valid_Lk,
+            init_from_valid_Lk=init_from_valid_Lk, device=device,
             train_seconds=sum(h["seconds"] for h in history),
             # how the posterior narrowed, for the report: each epoch once
             posterior_std_by_epoch=[[e, v] for e, v in {

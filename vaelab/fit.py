@@ -139,7 +139,8 @@ def write_outputs(run: RunConfig, result: train.TrainResult, out: Outputs, log,
     """The model folder, final figures and curve, and their MLflow artifacts: the summary."""
     with io.atomic_dir(out.model) as tmp:
         models.save(tmp, result.encoder, result.decoder,
-                    card.ModelCard.from_training(run, result, init_from_valid_lk))
+                    card.ModelCard.from_training(run, result, init_from_valid_lk,
+                                                 device=", ".join(backend.devices())))
         io.write_json(tmp / "mlflow.json", log.describe())
     figures = summary(run, result)
     io.write_json(out.metrics, figures)

@@ -181,3 +181,17 @@ def read_arrays(path: str | Path, remake: str) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise MeasurementsError(f"{path}: damaged ({type(e).__name__}); rerun "
                                 f"`dvc repro -f {remake}`") from None
+
+
+def read_curve(path: str | Path) -> dict[str, np.ndarray]:
+    """A model's per-epoch curve (metrics/curves/<name>.csv, written by training) as
+    {column: values}; {} where there is none (a model trained before curves were kept)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        table = np.genfromtxt(path, delimiter=",", names=True, ndmin=1)
+    except ValueError as e:
+        raise MeasurementsError(f"{path}: damaged ({e}); rerun `dvc repro -f "
+                                f"train@{path.stem}`") from None
+    return {name: np.asarray(table[name], dtype=float) for name in table.dtype.names}

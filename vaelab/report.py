@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import registry
+from . import literature, registry
 from .config import DEFAULT_BUDGET, EvaluateConfig
 from .registry import SNR_SLOPE as SNR_THEORY
 
@@ -20,14 +20,6 @@ HOLDS, FAILS, UNMEASURED = "HOLDS", "DOES NOT HOLD", "NOT MEASURED"
 
 # Burda et al. 2015, table 1, MNIST, one stochastic layer (50 units, 784-200-200-50):
 # test NLL in nats (L_5000) and active units, for k = 1, 5, 50.
-BURDA_MNIST = {
-    "VAE": {"nll": {1: 86.76, 5: 86.47, 50: 86.35}, "active": {1: 19, 5: 20, 50: 20}},
-    "IWAE": {"nll": {1: 86.76, 5: 85.54, 50: 84.78}, "active": {1: 19, 5: 22, 50: 25}},
-}
-
-
-
-
 def budget_epochs(info: dict) -> int:
     """The epochs a model was given: those it trained, or its train.epochs when early
     stopping ended it sooner (it stopped because more did not help, not for want of time)."""
@@ -455,6 +447,54 @@ def snr_section(results: dict, snr_k, estimators, digits=None, repeats=None) -> 
     return lines
 
 
+def _literature_family(info: dict) -> str | None:
+    """The published row family of a model: "elbo" for a k-sample ELBO, "iwae" for the plain
+    IWAE bound with the standard gradient (what Burda et al. trained); None otherwise."""
+    if registry.has(info, family="elbo"):
+        return "elbo"
+    if registry.has(info, plain_iwae=True) and registry.estimator_of(info) == "standard":
+        return "iwae"
+    return None
+
+
+def literature_rows(results: dict, infos: dict, n_train: int) -> list[dict]:
+    """Each model with a published counterpart, with what `literature.table` sets beside it:
+    its NLL and active units per layer, and its budget (data, passes, batch, updates,
+    schedule, device) from its model card."""
+    rows = []
+    for n, r in results.items():
+        i, fam = infos[n], _literature_family(infos[n])
+        if fam is None:
+            continue
+        passes, batch = int(i.get("epochs_trained") or i["train.epochs"]), int(i["train.batch_size"])
+        schedule = i.get("train.schedule", "constant")
+        if schedule == "burda":
+            schedule += f", {i.get('train.schedule_stages')} stages"
+        units = ([r[f"active_units_h{h}"] for h in range(1, layers(i) + 1)]
+                 if f"active_units_h{layers(i)}" in r else [r["active_units"]])
+        rows.append(dict(name=n, layers=layers(i), family=fam, k=int(i["k"]), nll=r["nll"],
+                         active_units=units, data=f"{i.get('data.source')} {n_train:,} train",
+                         passes=passes, batch_size=batch,
+                         updates=literature.updates(passes, n_train, batch),
+                         schedule=f"{schedule}, lr {i.get('train.learning_rate')}",
+                         device=i.get("device") or "not recorded"))
+    return rows
+
+
+def literature_section(results: dict, infos: dict, context: dict) -> list[str]:
+    """Every measured row beside Burda et al.'s Table 1, with both budgets on the line."""
+    rows = literature_rows(results, infos, context["n_train"])
+    table = literature.table(rows)
+    if not table:
+        return []
+    return ["", "## Beside the literature", "",
+            f"NLL here is -L_{context['k']} on {context['n_test']:,} test digits; Burda et al.'s "
+            "is -L_5000 on all 10,000 MNIST test digits. The gap is only comparable where the "
+            "budgets are: read it with the budget on the same line "
+            "(`python scripts/benchmark.py full_mnist` runs the benchmark's data and "
+            "schedule, docs/full_mnist.md).", ""] + table
+
+
 def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> str:
     """reports/report.md. `context`: data source and sizes, evaluate.k, commands."""
     k = context["k"]
@@ -502,22 +542,8 @@ def render(results: dict, infos: dict, claims: list[Claim], context: dict) -> st
                   "encoder these bounds sample from is the untrained one; its ELBO, rate, "
                   "active units and posterior width describe no learned posterior. Its NLL is "
                   "still a valid estimate (importance sampling with any proposal is)."]
-    lines += [
-        "",
-        "Published, Burda et al. 2015 table 1 (FULL MNIST, 60,000 digits, "
-        "sum_{i=0..7} 3^i = 3,280 passes, one stochastic layer) - not comparable in "
-        "absolute value with a short run on our data; compare the shape (IWAE below VAE, "
-        "falling with k):",
-        "",
-        "| objective | NLL k=1 | k=5 | k=50 | active units k=1 | k=5 | k=50 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for obj, v in BURDA_MNIST.items():
-        lines.append(f"| {obj} | " + " | ".join(f"{v['nll'][kk]:.2f}" for kk in (1, 5, 50))
-                     + " | " + " | ".join(str(v["active"][kk]) for kk in (1, 5, 50)) + " |")
-    lines += ["", "Two stochastic layers (Burda et al.'s second architecture, same data and "
-              "passes): IWAE k=50 reaches 82.90 nats; claim 8 checks that shape here.",
-              "", "## Claims", ""]
+    lines += literature_section(results, infos, context)
+    lines += ["", "## Claims", ""]
     short = context.get("indicative")
     label = " (indicative)" if short else ""
     if short:
@@ -578,9 +604,10 @@ def judge(records: dict, seed_std: float | None = None) -> Judgement:
                      budget_shortfalls(infos, cfg, first.n_test), cfg, first.n_test,
                      first.n_train)
 
-def write(j: Judgement, arrays: dict, folder: str | Path) -> None:
+def write(j: Judgement, arrays: dict, folder: str | Path, curves: dict | None = None) -> None:
     """report.md, verdicts.json and figures/ into `folder` (a fresh one: io.atomic_dir).
-    `arrays`: per model the arrays of evaluate@ and sample@ (vaelab.measurements)."""
+    `arrays`: per model the arrays of evaluate@ and sample@ (vaelab.measurements); `curves`:
+    per model its per-epoch curve (measurements.read_curve), for the convergence figure."""
     from . import io
 
     folder = Path(folder)
@@ -591,7 +618,8 @@ def write(j: Judgement, arrays: dict, folder: str | Path) -> None:
                "snr_digits": cfg.snr_digits, "snr_repeats": cfg.snr_repeats,
                "indicative": j.budget,
                "prior_vs_posterior": (ref, j.results[ref]["_prior_vs_posterior"]),
-               "figures": _figures(folder / "figures", j.results, arrays, ref)}
+               "figures": _figures(folder / "figures", j.results, arrays, ref)
+               + _convergence(folder / "figures", j, curves or {})}
     io.write_text(folder / "report.md", render(j.results, j.infos, j.claims, context))
     io.write_json(folder / "verdicts.json", j.verdicts())
 
@@ -620,6 +648,27 @@ def _figures(folder: Path, results: dict, arrays: dict, ref: str) -> list[tuple[
             ("Posterior width on active units", "posterior_std.png"),
             ("Gradient signal-to-noise ratio vs k (median per parameter, log-log)", "snr.png"),
             (f"log p(x) by prior vs posterior sampling ({ref})", "prior_vs_posterior.png")]
+
+
+def _convergence(folder: Path, j: Judgement, curves: dict) -> list[tuple[str, str]]:
+    """Validation -L_k and test NLL against passes, beside the published row: how far each
+    model is from the end of Burda et al.'s schedule."""
+    from . import figures
+
+    rows = {r["name"]: r for r in literature_rows(j.results, j.infos, j.n_train)}
+    drawn = {n: (c["epoch"], c["valid_Lk"]) for n, c in curves.items()
+             if n in j.results and len(c.get("epoch", ())) and "valid_Lk" in c}
+    if not drawn:
+        return []
+    valid_k = int(next(iter(j.infos.values())).get("train.valid_k", 50))
+    published = {n: literature.published(r["layers"], r["family"], r["k"]).nll
+                 for n, r in rows.items() if n in drawn}
+    figures.convergence(folder / "convergence.png", drawn,
+                        {n: (rows[n]["passes"] if n in rows else int(drawn[n][0][-1]),
+                             j.results[n]["nll"]) for n in drawn},
+                        published, valid_k, end_passes=literature.BUDGET["passes"])
+    return [("Convergence: validation -L_k and test NLL against passes, beside Burda et al.",
+             "convergence.png")]
 
 
 REPORTED = "vaelab.reported_evaluation"  # the run's tag: the measurement last reported
