@@ -70,7 +70,10 @@ class ModelCard:
             raise CardError(f"{where}: schema_version {version!r} is not one this code reads "
                             f"(1..{SCHEMA_VERSION}); update vaelab or retrain the model")
         found = {k: info[k] for k in TRAINING if k in info}
-        config = {k: v for k, v in info.items() if k not in TRAINING and k != VERSION_KEY}
+        # the weights' digest (vaelab.provenance.WEIGHTS_DIGEST) is a stamp on the file, not
+        # config: a card read back equals the card that was written
+        config = {k: v for k, v in info.items()
+                  if k not in TRAINING and k not in (VERSION_KEY, "weights_sha256")}
         return cls(config=config, schema_version=version, **found)
 
     def to_info(self) -> dict[str, Any]:

@@ -86,6 +86,8 @@ def table(measured: list[dict]) -> list[str]:
                      f"{'+'.join(str(u) for u in row.active_units)} | {budget} |")
     if not lines:
         return []
-    theirs = "; ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in BUDGET.values())
+    b = BUDGET
+    theirs = (f"{b['data']}; {b['passes']:,} passes; batch {b['batch_size']}; "
+              f"{b['updates']:,} updates; schedule {b['schedule']}; {b['device']}")
     return head + lines + ["", f"Published figures: {SOURCE}; their budget: {theirs}. "
                            "A positive gap is nats worse than published."]

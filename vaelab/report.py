@@ -466,7 +466,8 @@ def literature_rows(results: dict, infos: dict, n_train: int) -> list[dict]:
         i, fam = infos[n], _literature_family(infos[n])
         if fam is None:
             continue
-        passes, batch = int(i.get("epochs_trained") or i["train.epochs"]), int(i["train.batch_size"])
+        passes = i.get("epochs_trained") or i.get("train.epochs")
+        batch = i.get("train.batch_size")
         schedule = i.get("train.schedule", "constant")
         if schedule == "burda":
             schedule += f", {i.get('train.schedule_stages')} stages"
@@ -474,8 +475,10 @@ def literature_rows(results: dict, infos: dict, n_train: int) -> list[dict]:
                  if f"active_units_h{layers(i)}" in r else [r["active_units"]])
         rows.append(dict(name=n, layers=layers(i), family=fam, k=int(i["k"]), nll=r["nll"],
                          active_units=units, data=f"{i.get('data.source')} {n_train:,} train",
-                         passes=passes, batch_size=batch,
-                         updates=literature.updates(passes, n_train, batch),
+                         passes=int(passes) if passes else "not recorded",
+                         batch_size=int(batch) if batch else "not recorded",
+                         updates=(literature.updates(int(passes), n_train, int(batch))
+                                  if passes and batch else "not recorded"),
                          schedule=f"{schedule}, lr {i.get('train.learning_rate')}",
                          device=i.get("device") or "not recorded"))
     return rows
