@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vaelab import cli, io, tracking
 from vaelab.config import load_params
-from vaelab.cost import check_cost
+from vaelab.cost import check_cost, estimate
 from vaelab.data import DataError
 
 
@@ -43,6 +43,7 @@ def main():
                              "files": source_files(d.source, d.path)})
     print(f"check: {args.params} is valid; {len(params.models)} models: "
           + ", ".join(params.models))
+    print(f"check: {estimate(params)}")
     for run_id in tracking.mark_stale_runs(params.mlflow.experiment):
         print(f"check: MLflow run {run_id} was left RUNNING by a process that no longer "
               "exists (killed): marked KILLED")

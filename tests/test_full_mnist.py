@@ -106,6 +106,10 @@ def test_the_benchmark_holds_every_row_of_burdas_table_1():
     assert params.data.valid_size == 10_000 and params.data.test_size == 10_000
     assert params.evaluate.n_test == 10_000 and params.evaluate.k == 5000
     assert Path(params.data.path).is_absolute()
+    # the cost is said before anything runs (the check stage prints this line)
+    from vaelab import cost
+    line = cost.estimate(params)
+    assert "on 10,000 test digits" in line and "hours for 12 models" in line, line
     # the architecture is Burda's, inherited from params.yaml, not set by the overlay
     assert all(r.model.hidden == (200, 200) and r.model.latent == 50
                and r.model.activation == "tanh" for r in params.models.values())

@@ -205,6 +205,24 @@ def evaluate_cost(params) -> tuple[int, float]:
     return int(c.bytes), c.seconds
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:,.0f} min" if seconds < 2 * 3600 else _span(seconds)
+
+
+def estimate(params) -> str:
+    """One line of the expected time per stage kind, before anything runs: the full-MNIST
+    benchmark's L_5000 on 10,000 digits takes minutes per model, its training hours."""
+    by = {}
+    for c in costs(params):
+        by[c.stage] = by.get(c.stage, 0.0) + c.seconds
+    e = params.evaluate
+    n_test = min(e.n_test, params.data.test_size)
+    return (f"expected on 2 CPU cores (README, Speed; a slower CPU takes up to 2x): training "
+            f"{_duration(by.get('train', 0))} for {len(params.models)} models, evaluation "
+            f"{_duration(by.get('evaluate', 0))} (L_{e.k:,} on {n_test:,} test digits per "
+            f"model), sampling {_duration(by.get('sample', 0))}")
+
+
 def _span(seconds: float) -> str:
     if seconds >= 2 * 365 * 24 * 3600:
         return f"{seconds / (365 * 24 * 3600):,.3g} years"
