@@ -3,8 +3,8 @@ with proxied artifacts, parallel writers to it (and to a sqlite file), and a swe
 over two workers that share experiments and models through a bare git remote and a
 directory DVC remote, compared on a third clone without retraining.
 
-Slow (three tiny pipeline runs, two of them in parallel from a DVC queue): about 3-4 minutes
-on 2 quiet cores. The writers' load test lasts VAELAB_LOAD_SECONDS (15 s by default, so CI
+Slow (three tiny pipeline runs, two of them in parallel from a DVC queue): 18-25 minutes on
+this project's 2 cores at a load average of about 20 (other jobs); not yet timed quiet. The writers' load test lasts VAELAB_LOAD_SECONDS (15 s by default, so CI
 runs it short; the target is 60: docs/team.md).
 """
 from __future__ import annotations
