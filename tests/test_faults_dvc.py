@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from repo_copy import env_for, make_repo
+from servers import mlflow_server
 
 TINY = {"data": {"valid_size": 100, "test_size": 100},
         "model": {"latent": 5, "hidden": [20]}, "train": {"epochs": 1},
@@ -198,54 +199,12 @@ def test_sigterm_then_code_edit_retrains_from_epoch_1(tmp_path):
     assert run_statuses(repo / "mlflow.db") == ["FAILED", "FAILED"], "a fresh run, not the old one"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(tmp_path):
     """A real `mlflow server` on 127.0.0.1: sqlite backend, artifacts proxied by the server
-    into a temporary folder (the team form in the README). Always killed."""
-    import os
-    import signal
-    import urllib.request
-
-    port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        # cwd: the server writes files of its own there (a run from the repo root left an
-        # empty mlflow.db beside the user's store)
-        stdout=log, stderr=subprocess.STDOUT, env=env_for(), start_new_session=True,
-        cwd=tmp_path)
-    uri = f"http://127.0.0.1:{port}"
-
-    def stop():
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and its uvicorn worker
-            proc.wait(timeout=30)
-
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("mlflow server did not start: "
-                                         + (tmp_path / "server.log").read_text()[-2000:])
-                time.sleep(0.3)
+    into a temporary folder (the team form in docs/team.md). Always killed."""
+    with mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'server.db'}") as (uri, stop):
         yield uri, stop, tmp_path / "artifacts"
-    finally:
-        stop()
-        log.close()
 
 
 def test_real_tracking_server_then_its_death_mid_training(tmp_path, server):

@@ -101,6 +101,27 @@ def _check_sqlite_file(uri: str, db: Path) -> None:
                             "from a backup, or move it away to start a new one")
 
 
+def _open_sqlite_store(uri: str, folder: Path) -> None:
+    """Open the sqlite store, creating it on first use, under an exclusive lock on its
+    folder: MLflow makes a fresh store's tables by schema migrations, which fail
+    ("duplicate column name: step") when two processes run them at once, as the first
+    stages of two queued experiments (`dvc queue start -j 2`) in a fresh clone do. MLflow
+    keeps the store open per URI, so the process's later clients take no lock."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    fd = os.open(folder, os.O_RDONLY)  # a folder lock: no lock file to clean up or ignore
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - connect meets the same failure and reports it
+            pass
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def connect(experiment: str):
     """Check the store answers, make sure the experiment exists, return (client, exp id).
 
@@ -126,14 +147,21 @@ def connect(experiment: str):
             raise TrackingError(f"MLflow store {uri}: folder {folder} is missing or not writable; "
                                 "fix it, or set MLFLOW_TRACKING_URI to another store")
         _check_sqlite_file(uri, Path(uri[len("sqlite:///"):]))
+        _open_sqlite_store(uri, folder)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             location = (repo_root() / "mlruns").as_uri() if _is_default(uri) else None
-            exp_id = client.create_experiment(experiment, artifact_location=location,
-                                              tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
+            try:
+                exp_id = client.create_experiment(experiment, artifact_location=location,
+                                                  tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
+            except Exception:  # noqa: BLE001 - another worker may have made it meanwhile
+                exp = client.get_experiment_by_name(experiment)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
             if EXPERIMENT_KIND not in exp.tags:  # stores made before this tag was set
