@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import keras
@@ -53,20 +54,21 @@ class Loaded:
 
     @property
     def options(self) -> dict:
-        """The objective's per-model options as trained (m, beta, estimator; model.json)."""
-        return {n: self.info[n] for n in ("m", "beta", "estimator") if n in self.info}
+        """The objective's per-model options as trained (model.json), the names its registry
+        entry declares (vaelab.registry: m, beta, estimator, ...)."""
+        spec = registry.spec_of(self.info)
+        names = spec.hparam_names if spec else ()
+        return {n: self.info[n] for n in names if n in self.info}
 
     @property
     def latent(self) -> int:
         """The prior's latent size (two layers: h2's)."""
         return int(self.info["model.latent"])
 
-    @property
+    @cached_property
     def vae(self) -> models.VAE:
-        """The networks as one model object (one or two stochastic layers), made once."""
-        if "_vae" not in self.__dict__:
-            self.__dict__["_vae"] = models.VAE(self.encoder, self.decoder, self.kind)
-        return self.__dict__["_vae"]
+        """The networks as the one model object training uses (any number of layers)."""
+        return models.VAE(self.encoder, self.decoder, self.kind)
 
     def parts(self):
         """(p_z, decode) for the objectives."""
