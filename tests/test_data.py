@@ -14,7 +14,7 @@ import pytest
 
 from vaelab.config import DataConfig
 from vaelab.data import (PIXELS, DataError, binarize, bits_per_dim, dequantize, discrete_nll,
-                         load_prepared, load_source, prepare, read_idx, split, to_unit)
+                         idx_split, load_prepared, load_source, prepare, read_idx, split, to_unit)
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 T10K_IMAGES_MD5 = "2646ac647ad5339dbf082846283269ea"  # decompressed t10k-images-idx3-ubyte
@@ -66,7 +66,8 @@ def test_mnist5k_is_real_digits(mnist5k):
 def test_idx_real_mnist_test_set(mnist_dir):
     with gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz", "rb") as f:
         assert hashlib.md5(f.read()).hexdigest() == T10K_IMAGES_MD5
-    x, y = load_source("idx", str(mnist_dir))
+    # the folder may hold the training files too (../shared has all four): the test pair
+    x, y = idx_split(mnist_dir)[1]
     assert x.shape == (10000, 28, 28) and x.dtype == np.uint8
     assert y.dtype == np.int64 and y.shape == (10000,)
     assert y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
@@ -81,7 +82,7 @@ def test_idx_uncompressed_copy_reads_the_same(mnist_dir, tmp_path):
     assert hashlib.md5((tmp_path / "t10k-images-idx3-ubyte").read_bytes()).hexdigest() \
         == T10K_IMAGES_MD5
     x, y = load_source("idx", str(tmp_path))
-    xg, yg = load_source("idx", str(mnist_dir))
+    xg, yg = idx_split(mnist_dir)[1]  # the gzipped test pair (the folder may hold more)
     np.testing.assert_array_equal(x, xg)
     np.testing.assert_array_equal(y, yg)
     np.testing.assert_array_equal(read_idx(tmp_path / "t10k-labels-idx1-ubyte"), yg)
@@ -119,8 +120,10 @@ def test_idx_prepare_keeps_the_official_split(mnist_dir, mnist5k, tmp_path):
     assert prepare(big, tmp_path / "out2")["test"] == 10000
 
 
-def test_idx_prepare_refuses_a_folder_without_training_files(mnist_dir):
-    cfg = DataConfig(source="idx", path=str(mnist_dir), valid_size=50, test_size=80, seed=0)
+def test_idx_prepare_refuses_a_folder_without_training_files(mnist_dir, tmp_path):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_dir / name, tmp_path / name)  # the test files alone
+    cfg = DataConfig(source="idx", path=str(tmp_path), valid_size=50, test_size=80, seed=0)
     with pytest.raises(DataError, match="holds only test files.*train-images-idx3-ubyte") as e:
         prepare(cfg, "/nonexistent/never-written")
     assert "\n" not in str(e.value)
