@@ -26,12 +26,12 @@ def save_model(folder: Path, objective: str = "elbo_analytic", k: int = 1, seed:
     """A tiny untrained model saved as the train stage saves one (models.save)."""
     import keras
 
-    from vaelab import models, train
+    from vaelab import models
 
     keras.utils.set_random_seed(init)
     run = parse_params({"data": {**SIZES, "seed": seed}, "model": {"latent": 3, "hidden": [8]},
                         "models": {folder.name: {"objective": objective, "k": k}}}).models[folder.name]
-    m = train.Model(run)
+    m = models.VAE.build(run.model)
     models.save(folder, m.encoder, m.decoder, {"name": folder.name, **run.as_flat_dict()})
     return json.loads((folder / "model.json").read_text())
 

@@ -199,13 +199,13 @@ def test_bench_flop_model_counts_the_networks_it_trains(objective, k):
     layers of the model training really builds: forward 2 * rows * in * out per layer (rows:
     the batch for the encoder, k x batch for the decoder, k shared prior samples for eq. 7,
     which never runs the encoder), backward twice that but the first layer's input gradient."""
-    from vaelab import bench, train
+    from vaelab import bench, models
     from vaelab.config import parse_params
 
     batch, hidden, latent = 4, (6, 5), 3
     run = parse_params({"model": {"hidden": list(hidden), "latent": latent},
                         "models": {"m": {"objective": objective, "k": k}}}).models["m"]
-    model = train.Model(run)
+    model = models.VAE.build(run.model)
     uses_encoder = run.spec.uses_encoder
     rows = {"encoder": batch, "decoder": k * batch if uses_encoder else k}
     layers = [(rows[name], *layer.kernel.shape) for name, net in (("encoder", model.encoder),

@@ -85,7 +85,7 @@ def _key(params, run, section: str, field: str) -> str:
 def _samples(run) -> str:
     if run.samples == run.k:
         return f"{run.k:,}"
-    return f"{run.samples:,} (k {run.k:,} x m {run.m:,})"
+    return f"{run.samples:,} (k {run.k:,} x m {run.samples // run.k:,})"
 
 
 def _driver(*keys: tuple[str, float, float]) -> str:
@@ -104,7 +104,7 @@ def _train_costs(params, run) -> list[Cost]:
     section = "switched" if run.init_from else "models"
     k_key = f"{section}.{run.name}.k"
     if s != run.k:  # miwae, piwae: m groups of k samples
-        k_key = _driver((k_key, run.k, 50), (f"{section}.{run.name}.m", run.m, 5))
+        k_key = _driver((k_key, run.k, 50), (f"{section}.{run.name}.m", run.samples // run.k, 5))
     epochs_key = _key(params, run, "train", "epochs")
     valid_k_key = _key(params, run, "train", "valid_k")
     if t.schedule == "burda" and t.epochs == burda_epochs(t.schedule_stages):
