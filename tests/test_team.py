@@ -168,7 +168,7 @@ def test_two_workers_share_a_sweep_compared_on_a_third_clone(team_server, tmp_pa
     assert (c / "models" / "vae" / "encoder.keras").is_file()
     repro = dvc(c, "repro", env=env)
     assert "Stage 'train@vae' didn't change" in repro, repro
-    assert "Running stage 'train@vae'" not in repro and "Running stage 'evaluate'" not in repro
+    assert "Running stage 'train@vae'" not in repro and "Running stage 'evaluate" not in repro
     tracked = json.loads((c / "models" / "vae" / "mlflow.json").read_text())
 
     client, runs = runs_of(uri, "vae-iwae")
