@@ -1,5 +1,4 @@
 """DVC stage `prepare`: the configured data source -> train/valid/test .npz files."""
-from pathlib import Path
 
 from vaelab import cli, data
 from vaelab.config import load_params

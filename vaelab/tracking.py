@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import types
 from contextlib import closing, contextmanager
 from pathlib import Path
 
