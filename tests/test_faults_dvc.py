@@ -84,9 +84,14 @@ def test_hostile_params_stop_before_anything_is_removed_or_run(repo, edit, expec
     finally:
         (repo / "params.yaml").write_text(original)
     assert out.returncode != 0
-    assert ran(out) == ["check"], out.stdout
-    errors = [line for line in out.stderr.splitlines() if line.startswith("check: error: ")]
-    assert len(errors) == 1 and expect in errors[0], out.stderr
+    if expect.startswith("models.../") and not ran(out):
+        # models/../../victim.json and metrics/eval/../../victim.json normalise to one
+        # path: DVC's own parser refuses the two stages before any stage runs, naming them
+        assert "train@../../victim" in out.stderr, out.stderr
+    else:
+        assert ran(out) == ["check"], out.stdout
+        errors = [line for line in out.stderr.splitlines() if line.startswith("check: error: ")]
+        assert len(errors) == 1 and expect in errors[0], out.stderr
     assert "Traceback" not in out.stderr
     assert snapshot(repo) == before, "an output or a file outside the repo was touched"
     assert sorted(p.name for p in (repo.parent / "victim").iterdir()) == ["keep.txt"]

@@ -263,19 +263,27 @@ def test_a_stage_stops_when_the_dvc_process_that_ran_it_dies(tmp_path):
     assert "train: stopped: the dvc process that ran it is gone" in err, err
 
 
-def test_killing_dvc_alone_stops_training_and_fails_its_run(tmp_path):
-    """What `timeout dvc repro` does: SIGTERM to the dvc process, not to its children."""
+@pytest.mark.parametrize("shell", ["/bin/bash", None], ids=["bash", "no-SHELL"])
+def test_killing_dvc_alone_stops_training_and_fails_its_run(tmp_path, shell):
+    """What `timeout dvc repro` does: SIGTERM to the dvc process, not to its children. With
+    SHELL unset DVC runs the stage through /bin/sh, which on Debian (dash) stays between dvc
+    and python and outlives dvc."""
     import psutil
 
     repo = make_repo(tmp_path / "repo", STAGE)
     assert dvc(repo, "repro", "prepare").returncode == 0
+    env = env_for()
+    env.pop("SHELL", None)
+    if shell:
+        env["SHELL"] = shell
     proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "train@vae"], cwd=repo,
-                            env=env_for(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     try:
         wait_for_checkpoint(repo, proc, epoch=1)
+        # the python process, not the `sh -c` DVC may run it through (SHELL unset)
         [trainer] = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                     if "stages.train" in " ".join(p.cmdline())]
+                     if "stages.train" in " ".join(p.cmdline()) and p.name() not in cli._SHELLS]
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         try:

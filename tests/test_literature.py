@@ -52,10 +52,11 @@ def test_the_report_sets_measured_rows_beside_the_literature(tmp_path):
         record("vae", "elbo_analytic", 1, nll=90.0, **extra),
         record("iwae", "iwae", 50, nll=88.0, **extra),
         record("prior", "prior_mc", 50, nll=120.0, **extra),
-        record("dreg", "iwae", 50, nll=87.5, estimator="dreg", **extra))}
+        record("dreg", "iwae", 50, nll=87.5, estimator="dreg", **extra),
+        record("iwae_k2", "iwae", 2, nll=89.0, **extra))}
     j = report.judge(recs)
     rows = {r["name"]: r for r in report.literature_rows(j.results, j.infos, j.n_train)}
-    assert set(rows) == {"vae", "iwae"}  # no published row for eq. (7) or for DReG
+    assert set(rows) == {"vae", "iwae"}  # none for eq. (7), for DReG, or for k = 2
     assert rows["iwae"]["updates"] == 200 * 40 and rows["iwae"]["schedule"].startswith("burda, 5")
     text = "\n".join(report.literature_section(j.results, j.infos,
                                                {"k": 20, "n_test": 40, "n_train": 4000}))
@@ -67,6 +68,7 @@ def test_the_report_sets_measured_rows_beside_the_literature(tmp_path):
     curve = measurements.read_curve(path)
     np.testing.assert_array_equal(curve["valid_Lk"], [-150, -120.5, -110.25])
     assert measurements.read_curve(tmp_path / "none.csv") == {}
-    assert report._convergence(tmp_path, j, {"iwae": curve})[0][1] == "convergence.png"
+    assert report._convergence(tmp_path, j, {"iwae": curve, "iwae_k2": curve}
+                               )[0][1] == "convergence.png"
     assert (tmp_path / "convergence.png").exists()
     assert report._convergence(tmp_path / "x", j, {}) == []

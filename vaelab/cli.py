@@ -31,18 +31,43 @@ class Orphaned(Terminated):
     with nobody to record the result."""
 
 
+# The shells DVC may run a stage's command through: with SHELL unset DVC uses /bin/sh, and
+# dash (Debian's /bin/sh) forks the command rather than exec it, so the stage's parent is
+# then the shell, which outlives a killed dvc.
+_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "busybox"})
+
+
+def _runner():
+    """The process that ran this one: the parent, or, when that is a shell, the shell's own
+    nearest non-shell ancestor (dvc)."""
+    import psutil
+
+    proc = psutil.Process().parent()
+    while proc is not None and proc.name() in _SHELLS:
+        proc = proc.parent()
+    return proc
+
+
 def watch_parent(on_death, interval: float = 1.0):
-    """Call `on_death()` from a daemon thread once this process's parent is gone (the
-    process is then re-parented, and getppid() changes), unless the returned event is set
-    first. Polling the parent pid works on every POSIX system, unlike Linux's
-    PR_SET_PDEATHSIG, which also fires when merely the parent's thread that started us ends."""
+    """Call `on_death()` from a daemon thread once the process that ran this one is gone
+    (dvc, also through a `sh -c` in between), unless the returned event is set first.
+    Polling works on every POSIX system, unlike Linux's PR_SET_PDEATHSIG, which also fires
+    when merely the parent's thread that started us ends, and which a shell in between hides."""
     import threading
 
-    parent, stop = os.getppid(), threading.Event()
+    import psutil
+
+    runner, stop = _runner(), threading.Event()
+
+    def gone() -> bool:
+        try:  # is_running() compares start times, so a reused pid does not pass for it
+            return not runner.is_running() or runner.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
 
     def watch():
         while not stop.wait(interval):
-            if os.getppid() != parent:
+            if runner is None or gone():
                 on_death()
                 return
 

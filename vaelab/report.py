@@ -464,8 +464,8 @@ def literature_rows(results: dict, infos: dict, n_train: int) -> list[dict]:
     rows = []
     for n, r in results.items():
         i, fam = infos[n], _literature_family(infos[n])
-        if fam is None:
-            continue
+        if fam is None or literature.published(layers(i), fam, int(i["k"])) is None:
+            continue  # eq. (7), DReG, or a k Burda et al. did not train (k = 2, say)
         passes = i.get("epochs_trained") or i.get("train.epochs")
         batch = i.get("train.batch_size")
         schedule = i.get("train.schedule", "constant")
