@@ -9,7 +9,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 
 from vaelab.quiet import silence_tf
 

@@ -107,21 +107,21 @@ def _check(args, params) -> dict:
 
     def run_models(seed: int | None) -> dict:
         models_out = {}
-        for name, run in params.models.items():
-            t = dataclasses.replace(run.train, backend=backend.NAME,
+        for name, entry in params.models.items():
+            t = dataclasses.replace(entry.train, backend=backend.NAME,
                                     **({"epochs": epochs} if epochs else {}),
                                     **({"seed": seed} if seed is not None else {}))
-            run = dataclasses.replace(run, train=t)
+            entry = dataclasses.replace(entry, train=t)
             tic = time.perf_counter()
-            result = train.train(run, split["train"]["x"], split["valid"]["x"],
+            result = train.train(entry, split["train"]["x"], split["valid"]["x"],
                                  progress=train.Progress(name, t.epochs, _io.StringIO()))
             train_s = time.perf_counter() - tic
-            m = evaluate.Loaded(name, result.encoder, result.decoder, run.as_flat_dict())
+            m = evaluate.Loaded(name, result.encoder, result.decoder, entry.as_flat_dict())
             tic = time.perf_counter()
             r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
             eval_s = time.perf_counter() - tic
             models_out[name] = {
-                "objective": run.objective, "k": run.k, "epochs": t.epochs,
+                "objective": entry.objective, "k": entry.k, "epochs": t.epochs,
                 "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
                 "valid_bound": result.history[-1]["valid_bound"],
                 # where the time goes: the training calls (the first epoch's include compiling

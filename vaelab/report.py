@@ -211,7 +211,7 @@ def claim_5(results, infos, snr_k) -> Claim:
     iw = _plain_iwae(infos)
     va = _vaes(infos)
     n = max(iw, key=lambda n: int(infos[n]["k"])) if iw else None
-    lo, hi = min(snr_k), max(snr_k)
+    lo = min(snr_k)
     if (not iw or not va or len(snr_k) < 2
             or _snr_median(results[n], "encoder", lo) is None):
         return Claim(5, title, rule, "needs an iwae model, a VAE model, two SNR k values and "
