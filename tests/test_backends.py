@@ -152,6 +152,67 @@ def test_maths_and_training_tests_pass_on_jax():
 
 
 # --------------------------------------------------------------------------------------
+# data parallel (train.devices) on two virtual CPU devices
+
+DATA_PARALLEL = textwrap.dedent("""
+    import dataclasses, json, sys
+    import jax, numpy as np
+    from vaelab import train
+    from vaelab.config import load_params
+    from vaelab.config import UserError
+    run = load_params("params.yaml").models["iwae"]
+    rng = np.random.RandomState(0)
+    x, xv = ((rng.rand(n, 28, 28) < 0.3).astype(np.uint8) for n in (600, 200))
+    out = {"devices": len(jax.devices())}
+    for devices, batch in [(1, 100), (2, 100), (1, 75), (2, 75)]:
+        t = dataclasses.replace(run.train, backend="jax", epochs=2, batch_size=batch,
+                                devices=devices, valid_k=50)
+        r = train.train(dataclasses.replace(run, train=t), x, xv)
+        w = [w.tolist() for w in r.encoder.get_weights() + r.decoder.get_weights()]
+        out[f"{devices}x{batch}"] = {"weights": w, "valid": r.history[-1]["valid_bound"],
+                                     "on": len(r.encoder.weights[0].value.sharding.device_set)}
+    shards = train.DataParallel(2).batches(np.zeros((1, 100, 784), np.float32))
+    out["shards"] = sorted(s.data.shape[1] for s in shards.addressable_shards)
+    try:
+        train.DataParallel(3)
+    except UserError as e:
+        out["too_many"] = str(e)
+    print(json.dumps(out))
+""")
+
+
+def test_data_parallel_on_two_devices_gives_one_devices_weights():
+    """train.devices: 2 on two virtual CPU devices: each batch is split in two halves (one
+    per device), and, as the noise is drawn from the same seeds, training ends at one
+    device's weights up to the order of float sums; a batch that does not split evenly is
+    replicated (same result). More devices than JAX sees: one line naming the key."""
+    out = json.loads(run_py(DATA_PARALLEL, "jax",
+                            XLA_FLAGS="--xla_force_host_platform_device_count=2"
+                            ).stdout.strip().splitlines()[-1])
+    assert out["devices"] == 2 and out["shards"] == [50, 50]
+    for batch in (100, 75):  # 75: an odd batch, replicated rather than split
+        one, two = out[f"1x{batch}"], out[f"2x{batch}"]
+        assert (one["on"], two["on"]) == (1, 2)  # the trained weights live on both devices
+        for a, b in zip(one["weights"], two["weights"]):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-4)
+        assert abs(two["valid"] - one["valid"]) < 1e-3
+    assert out["too_many"].startswith("train.devices: 3, but JAX sees 2 device(s)")
+    assert "xla_force_host_platform_device_count=3" in out["too_many"]
+
+
+def test_data_parallel_on_tensorflow_is_a_params_error(tmp_path):
+    import yaml
+
+    from vaelab.config import ParamsError, load_params
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["devices"] = 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"train\.devices: data-parallel training runs on "
+                                          r"the JAX backend only.*got 2"):
+        load_params(tmp_path / "params.yaml")
+
+
+# --------------------------------------------------------------------------------------
 # the whole pipeline on JAX, as a user runs it: `dvc exp run -S train.backend=jax`
 
 EXP_TINY = {

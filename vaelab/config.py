@@ -121,6 +121,10 @@ class TrainConfig:
     # `patience` epochs (null: never); restore_best: end with the best epoch's weights
     patience: int | None = None
     restore_best: bool = False
+    # data parallel (JAX only): each batch split over this many devices with Keras'
+    # keras.distribution.DataParallel; the same maths as one device (JAX's partitionable
+    # random numbers draw the same noise), so the bound moves by float rounding only
+    devices: int = 1
 
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of epoch `epoch` (1-based): a pure function of the epoch, so a
@@ -371,6 +375,10 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     if t.patience is not None:
         c.integer(t.patience, f"{key}.patience", low=1)
     c.boolean(t.restore_best, f"{key}.restore_best")
+    if c.integer(t.devices, f"{key}.devices", low=1) > 1 and t.backend != "jax":
+        c.fail(f"{key}.devices", "data-parallel training runs on the JAX backend only (the "
+               "TensorFlow path has no tf.distribute step): set train.backend: jax, or "
+               "devices: 1", t.devices)
     return dataclasses.replace(t, learning_rate=lr)
 
 

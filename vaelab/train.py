@@ -256,10 +256,15 @@ def _make_step_jax(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.
 
     compiled = jax.jit(steps)
     state = []  # [(values, slot_values)] while the variables are behind
+    place = DataParallel(run.train.devices) if run.train.devices > 1 else None
 
     def call(xs, seeds):
         if not state:
             state.append(([v.value for v in variables], [v.value for v in slots]))
+            if place is not None:
+                state[0] = place.replicated(state[0])
+        if place is not None:
+            xs = place.batches(xs)
         values, slot_values, logs, finite = compiled(*state[0], xs, seeds)
         state[0] = (values, slot_values)
         return logs, finite
@@ -274,6 +279,39 @@ def _make_step_jax(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.
 
     vae.write_back = write_back
     return call
+
+
+class DataParallel:
+    """Keras' keras.distribution.DataParallel over the first `n` devices, for the JAX step:
+    the weights and optimizer state replicated, each call's batches [n_steps, B, 784] split
+    on the batch axis. jax.jit then partitions the step (GSPMD) and sums the gradient over
+    devices; the noise is drawn from the same seeds as on one device (JAX's partitionable
+    threefry, the default), so only the order of float sums differs."""
+
+    def __init__(self, n: int):
+        seen = keras.distribution.list_devices()
+        if len(seen) < n:
+            raise UserError(
+                f"train.devices: {n}, but JAX sees {len(seen)} device(s) ({', '.join(seen)}): "
+                f"set train.devices to at most {len(seen)}, or on a CPU start with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+        self.n = n
+        self.dist = keras.distribution.DataParallel(devices=seen[:n])
+
+    def _put(self, x, axes):
+        layout = keras.distribution.TensorLayout(axes, self.dist.device_mesh)
+        return keras.distribution.distribute_tensor(x, layout)
+
+    def replicated(self, tree):
+        import jax
+
+        return jax.tree_util.tree_map(lambda x: self._put(x, [None] * x.ndim), tree)
+
+    def batches(self, xs):
+        """xs [n_steps, B, 784], split on B; a batch that does not divide evenly (the last,
+        short one of an epoch) is replicated: each device computes all of it, same result."""
+        axes = [None, self.dist.batch_dim_name, None] if xs.shape[1] % self.n == 0 else [None] * 3
+        return self._put(xs, axes)
 
 
 def make_eval(vae: models.VAE, run: RunConfig, jit: bool):
