@@ -166,7 +166,9 @@ def test_experiment_and_runs_are_described(monkeypatch, tmp_path):
     client, exp_id = tracking.connect("e")
     exp = client.get_experiment(exp_id)
     assert "test/nll" in exp.tags[tracking.NOTE]
-    assert json.loads(exp.tags[tracking.SHARED_VIEW])["orderByKey"] == "metrics.`test/nll`"
+    view = json.loads(exp.tags["mlflow.sharedViewState.vaelab"])  # the README's link
+    assert view["orderByKey"] == "metrics.`test/nll`" and view["selectedColumns"][0] == view[
+        "orderByKey"]
     client.set_experiment_tag(exp_id, tracking.NOTE, "my own words")
     client, exp_id = tracking.connect("e")
     assert client.get_experiment(exp_id).tags[tracking.NOTE] == "my own words"

@@ -32,20 +32,22 @@ EXPERIMENT_NOTE = (
     "`<model>@<DVC experiment>` for `dvc exp run`). Each run holds the model's resolved params, "
     "a point per epoch for every curve (`valid_elbo` and `valid_Lk` mean the same for every "
     "model; `valid_bound` is the model's own objective), the test metrics under stable keys "
-    "(`test/nll` = -L_k, `test/elbo`, `test/active_units`, ...; the estimator and the test set "
-    "in tag `vaelab.test_estimator` and params `evaluate.*`, step n = the model's n-th "
-    "evaluation), the report's verdicts on the article's claims as tags `report.claim_<n>`, "
-    "`report/` and a Logged Model named after the model. Runs below the default budget are "
-    "tagged `vaelab.budget: indicative ...`.")
-# A saved view of the runs table (MLflow's "share view"): sorted by test NLL with its column
-# shown. The README links it as `#/experiments/<id>/runs?viewStateShareKey=vaelab`.
-SHARED_VIEW, VIEW_KEY = "mlflow.sharedViewState.vaelab", "vaelab"
+    "(`test/nll` = -L_k, `test/elbo`, `test/active_units`, ...; step n = the model's n-th "
+    "evaluation; the estimator and the test set in tag `vaelab.test_estimator`, params "
+    "`evaluate.*` and metrics `test/k`, `test/n_test` of each step), the report's verdicts "
+    "on the article's claims as tags `report.claim_<n>`, `report/` and a Logged Model named "
+    "after the model. Runs below the default budget are tagged `vaelab.budget: indicative`.")
+# Saved views (MLflow's "share view", an experiment tag each) the README links as
+# `#/experiments/<id>/runs?viewStateShareKey=<key>`: the runs table sorted by test NLL with
+# its column shown, and (with `&compareRunsMode=CHART`) the valid_elbo curve of every run.
+VIEW_PREFIX = "mlflow.sharedViewState."
 _NLL_COLUMN = f"metrics.`{TEST_PREFIX}nll`"
-SHARED_VIEW_STATE = json.dumps({
-    "orderByKey": _NLL_COLUMN, "orderByAsc": True,
-    "selectedColumns": [_NLL_COLUMN, f"metrics.`{TEST_PREFIX}active_units`",
-                        f"metrics.`{TEST_PREFIX}elbo`", "params.`objective`", "params.`k`",
-                        "tags.`vaelab.budget`"]})
+SHARED_VIEWS = {
+    "vaelab": {"orderByKey": _NLL_COLUMN, "orderByAsc": True,
+               "selectedColumns": [_NLL_COLUMN, f"metrics.`{TEST_PREFIX}active_units`",
+                                   f"metrics.`{TEST_PREFIX}elbo`", "params.`objective`",
+                                   "params.`k`", "tags.`vaelab.budget`"]},
+    "vaelab-curves": {"chartsSearchFilter": "valid_elbo"}}
 
 
 class TrackingError(UserError, RuntimeError):
@@ -210,7 +212,8 @@ def connect(experiment: str):
 def _experiment_tags(have: dict) -> dict:
     """The experiment's tags it lacks or holds outdated: its kind, the shared runs view
     (ours: kept current), and a description unless one is there (a user's is kept)."""
-    want = {EXPERIMENT_KIND: MODEL_DEVELOPMENT, SHARED_VIEW: SHARED_VIEW_STATE}
+    want = {EXPERIMENT_KIND: MODEL_DEVELOPMENT,
+            **{VIEW_PREFIX + k: json.dumps(v) for k, v in SHARED_VIEWS.items()}}
     out = {k: v for k, v in want.items() if have.get(k) != v}
     if not have.get(NOTE):
         out[NOTE] = EXPERIMENT_NOTE
@@ -668,7 +671,7 @@ class RunLogger:
                                                             run.data.metrics))
 
     def logged_model_id(self) -> str | None:
-        """The id of the run's latest Logged Model (`keras_model`); None if it has none
+        """The id of the run's latest Logged Model (`RunLogger.keras_model`); None if none
         (the optional flavour failed)."""
         with store_errors("reading the run"):
             outputs = self.client.get_run(self.run_id).outputs
