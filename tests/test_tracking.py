@@ -207,3 +207,23 @@ def test_logged_model_is_named_after_the_model_with_its_test_metrics(monkeypatch
     assert {m.key: m.value for m in model.metrics} == {"test/nll": 90.5,
                                                        "test/active_units": 12}
     assert tracking.logged_model_name("model") != "model"
+
+
+def test_a_store_failing_on_the_first_description_leaves_no_run_running(monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, exp_id = tracking.connect("e")
+    real = MlflowClient.set_tag
+
+    def full(self, run_id, key, value, *a, **kw):
+        if key == tracking.NOTE:
+            raise OSError("disk full")
+        return real(self, run_id, key, value, *a, **kw)
+
+    monkeypatch.setattr(MlflowClient, "set_tag", full)
+    with pytest.raises(tracking.TrackingError, match="describing the run"):
+        with tracking.model_run("e", "vae", {"k": 1}, {}):
+            raise AssertionError("not reached")
+    [run] = client.search_runs([exp_id])
+    assert run.info.status == "FAILED"

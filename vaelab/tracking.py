@@ -456,9 +456,9 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
                 client.set_tag(run_id, k, v)
     run_id = run.info.run_id
     log = RunLogger(client, run_id, exp_id)
-    log.update_note()  # the first description; evaluate and report extend it
     monitor = _optional("system metrics", lambda: _system_metrics(run_id, resumed=run_id == resume))
     try:
+        log.update_note()  # the first description; evaluate and report extend it
         yield log
     except BaseException:
         _optional("system metrics", lambda: monitor and monitor.finish())
