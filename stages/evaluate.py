@@ -48,14 +48,7 @@ def main():
     print(f"evaluate: {name}: NLL {r['nll']:.2f}, ELBO {r['elbo']:.2f}, "
           f"{r['active_units']} active units, L_{cfg.k} at {r['eval_images_per_s']:.0f} "
           f"images/s, {time.perf_counter() - tic:.0f}s", flush=True)
-    # The estimator and the test set are in the name: L_200 on 50 digits is not L_5000 on
-    # 500, and a re-evaluation with other evaluate.* params adds to the same training run.
-    # One point per evaluation of this model: step n is its n-th evaluation.
-    prefix = f"test_L{cfg.k}_n{record.n_test}/"
-    log.metrics({prefix + k: v for k, v in r.items()}, step=log.last_step(prefix + "nll") + 1)
-    log.params({**{f"evaluate.{k}": v for k, v in measurements.settings(cfg).items()},
-                "evaluate.n_test_used": record.n_test,
-                "evaluate.prior_k_used": clipped_prior_k(cfg)})
+    measurements.log_to_run(log, record, cfg)
 
 
 if __name__ == "__main__":

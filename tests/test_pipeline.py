@@ -138,9 +138,8 @@ def test_mlflow_store_has_one_complete_run_per_model(repo, first_run):
         assert steps == ({1} if name == "prior" else {1, 2}), "one point per epoch, step=epoch"
         keys = {k for (k,) in db.execute("select key from latest_metrics where run_uuid = ?",
                                          (run_id,))}
-        # the estimator and the test set are in the name: L_20 on 40 digits
-        assert {"test_L20_n40/nll", "test_L20_n40/elbo", "test_L20_n40/active_units",
-                "valid_elbo", "valid_Lk"} <= keys
+        # one key per figure; the estimator and the test set in a tag: L_20 on 40 digits
+        assert {"test/nll", "test/elbo", "test/active_units", "valid_elbo", "valid_Lk"} <= keys
         assert params["evaluate.k"] == "20" and params["evaluate.n_test_used"] == "40"
         assert params["sample.n"] == "4" and params["train.valid_k"] == "50"
         tags = dict(db.execute("select key, value from tags where run_uuid = ?", (run_id,)))
@@ -148,6 +147,8 @@ def test_mlflow_store_has_one_complete_run_per_model(repo, first_run):
         assert tags.get("git_commit")
         assert tags["vaelab.budget"].startswith("indicative: ")
         assert tags["report.claim_6"].endswith(" (indicative)")
+        assert tags["vaelab.test_estimator"] == "L_20 on 40 test digits"
+        assert "Test NLL" in tags["mlflow.note.content"] and "Claims" in tags["mlflow.note.content"]
         inputs = {n for (n,) in db.execute(
             "select d.name from inputs i join datasets d on i.source_id = d.dataset_uuid "
             "where i.destination_id = ?", (run_id,))}
@@ -262,13 +263,13 @@ def test_report_refuses_a_damaged_record_in_one_line(repo, first_run, tmp_path):
 
 
 def test_each_evaluation_logs_its_own_step(repo, first_run, tmp_path):
-    """test_* metrics: step n is the model's n-th evaluation, one value per step."""
+    """test/* metrics: step n is the model's n-th evaluation, one value per step."""
     def steps():
         with sqlite3.connect(repo / "mlflow.db") as db:
             return sorted(s for (s,) in db.execute(
                 "select m.step from metrics m join runs r on m.run_uuid = r.run_uuid "
                 "where r.name = 'vae' and r.status = 'FINISHED' "
-                "and m.key = 'test_L20_n40/nll'"))
+                "and m.key = 'test/nll'"))
 
     before = steps()
     assert before == list(range(1, len(before) + 1)) and before, before
@@ -372,7 +373,7 @@ def test_an_experiment_measures_and_logs_only_its_own_model(tmp_path):
         keys = {k for (k,) in db.execute("select key from latest_metrics where run_uuid = ?",
                                          (iwae2,))}
         tags2 = dict(db.execute("select key, value from tags where run_uuid = ?", (iwae2,)))
-    assert "test_L20_n40/nll" in keys and "report.claim_4" in tags2
+    assert "test/nll" in keys and "report.claim_4" in tags2
     # a claim's wording changed: only the report re-renders, and it measures nothing
     report_py = repo / "vaelab" / "report.py"
     report_py.write_text(report_py.read_text().replace(

@@ -1,8 +1,12 @@
 """Where the MLflow store lives, whoever runs the stage; runs orphaned by a kill."""
+import dataclasses
+import json
 import os
 import socket
 import subprocess
 import sys
+
+import pytest
 
 from vaelab import tracking
 
@@ -109,3 +113,117 @@ def test_a_failing_optional_extra_keeps_the_run(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mlflow: Keras model flavour not logged" in out and "mlflow: dataset d not logged" in out
     assert log.client.get_run(run_id).info.status == "FINISHED"
+
+
+def _evaluated(exp, name, k, n_test, nll, times=1):
+    """A training run of `name` evaluated `times` with L_k on n_test digits (what
+    stages/evaluate.py logs), as a user's store holds after runs of other settings."""
+    from test_measurements import record
+
+    from vaelab import measurements
+    from vaelab.config import EvaluateConfig
+
+    cfg = EvaluateConfig(k=k, n_test=n_test, snr_k=(1, 5), prior_k=(1, 10))
+    with tracking.model_run(exp, name, {"objective": "elbo_analytic", "k": 1},
+                            {"objective": "elbo_analytic", "k": 1}) as log:
+        pass
+    r = dataclasses.replace(record(name, nll=nll), n_test=n_test,
+                            evaluate=measurements.settings(cfg))
+    steps = [measurements.log_to_run(log, r, cfg) for _ in range(times)]
+    return log, steps
+
+
+def test_test_metrics_have_one_key_whatever_the_estimator(monkeypatch, tmp_path):
+    """`metrics.test/nll` lines up runs evaluated with other settings; the estimator is a
+    tag and a param, and step n is the model's n-th evaluation."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    full, steps = _evaluated("e", "vae", 5000, 500, 90.0, times=2)
+    assert steps == [1, 2]
+    quick, _ = _evaluated("e", "iwae", 200, 50, 95.0)
+    runs = mlflow.search_runs(experiment_names=["e"]).set_index("tags.vaelab.model")
+    assert runs.loc["vae", "metrics.test/nll"] == pytest.approx(90.0 + 1 / 7)
+    assert runs.loc["iwae", "metrics.test/nll"] == pytest.approx(95.0 + 1 / 7)
+    assert runs.loc["iwae", "metrics.test/k"] == 200 and runs.loc["vae", "metrics.test/k"] == 5000
+    assert runs.loc["vae", "tags.vaelab.test_estimator"] == "L_5000 on 500 test digits"
+    assert runs.loc["iwae", "tags.vaelab.test_estimator"] == "L_200 on 50 test digits"
+    assert runs.loc["iwae", "params.evaluate.n_test_used"] == "50"
+    assert not [c for c in runs.columns if c.startswith("metrics.test_L")]
+    history = full.client.get_metric_history(full.run_id, "test/nll")
+    assert sorted(m.step for m in history) == [1, 2]
+
+
+def test_experiment_and_runs_are_described(monkeypatch, tmp_path):
+    """mlflow.note.content: the experiment's paragraph (a user's own kept), and each run's
+    objective, k, test NLL and verdicts as they are measured."""
+    from test_measurements import record
+
+    from vaelab import report
+    from vaelab.config import EvaluateConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, exp_id = tracking.connect("e")
+    exp = client.get_experiment(exp_id)
+    assert "test/nll" in exp.tags[tracking.NOTE]
+    view = json.loads(exp.tags["mlflow.sharedViewState.vaelab"])  # the README's link
+    assert view["orderByKey"] == "metrics.`test/nll`" and view["selectedColumns"][0] == view[
+        "orderByKey"]
+    client.set_experiment_tag(exp_id, tracking.NOTE, "my own words")
+    client, exp_id = tracking.connect("e")
+    assert client.get_experiment(exp_id).tags[tracking.NOTE] == "my own words"
+
+    with tracking.model_run("e", "vae", {"k": 1}, {"objective": "elbo_analytic", "k": 1}) as log:
+        note = client.get_run(log.run_id).data.tags[tracking.NOTE]
+        assert "objective `elbo_analytic`, k = 1" in note and "not evaluated yet" in note
+    log, _ = _evaluated("e", "iwae", 200, 50, 95.0)
+    note = client.get_run(log.run_id).data.tags[tracking.NOTE]
+    assert "Test NLL 95.14 nats (L_200 on 50 test digits)" in note
+    r = dataclasses.replace(record("iwae"), run=log.describe())
+    claims = [report.Claim(1, "t", "rule", "ev", report.HOLDS),
+              report.Claim(10, "t", "rule", "ev", report.FAILS)]
+    j = report.Judgement({}, {}, claims, ["3 of 3280 epochs"], EvaluateConfig(), 50, 4000)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.md").write_text("r")
+    assert report.log_to_runs(client, {"iwae": r}, j, tmp_path / "report") == ["iwae"]
+    note = client.get_run(log.run_id).data.tags[tracking.NOTE]
+    assert ("Claims (`report/report.md`): 1 HOLDS (indicative); 10 DOES NOT HOLD (indicative)"
+            in note and "Test NLL 95.14" in note and "3 of 3280 epochs" in note)
+
+
+def test_logged_model_is_named_after_the_model_with_its_test_metrics(monkeypatch, tmp_path):
+    import keras
+    import numpy as np
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    x = keras.Input((4,), name="x")
+    net = keras.Model(x, keras.layers.Dense(4)(x))
+    with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+        log.keras_model(net, np.zeros((2, 4), np.float32), name=tracking.logged_model_name("vae"))
+    log.test_metrics({"nll": 90.5, "active_units": 12}, "L_5000 on 500 test digits")
+    model_id = log.logged_model_id()
+    model = log.client.get_logged_model(model_id)
+    assert model.name == "vae" and model.source_run_id == log.run_id
+    assert {m.key: m.value for m in model.metrics} == {"test/nll": 90.5,
+                                                       "test/active_units": 12}
+    assert tracking.logged_model_name("model") != "model"
+
+
+def test_a_store_failing_on_the_first_description_leaves_no_run_running(monkeypatch, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, exp_id = tracking.connect("e")
+    real = MlflowClient.set_tag
+
+    def full(self, run_id, key, value, *a, **kw):
+        if key == tracking.NOTE:
+            raise OSError("disk full")
+        return real(self, run_id, key, value, *a, **kw)
+
+    monkeypatch.setattr(MlflowClient, "set_tag", full)
+    with pytest.raises(tracking.TrackingError, match="describing the run"):
+        with tracking.model_run("e", "vae", {"k": 1}, {}):
+            raise AssertionError("not reached")
+    [run] = client.search_runs([exp_id])
+    assert run.info.status == "FAILED"

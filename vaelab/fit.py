@@ -151,7 +151,8 @@ def write_outputs(run: RunConfig, result: train.TrainResult, out: Outputs, log,
     # (several layers: x -> E_q[h1|x] -> p(x|h1)'s output)
     x_in = keras.Input((x_example[0].size,), name="x")
     log.keras_model(keras.Model(x_in, result.vae.at_posterior_mean(x_in),
-                                name=f"{run.name}_reconstruction"), data.to_unit(x_example))
+                                name=f"{run.name}_reconstruction"), data.to_unit(x_example),
+                    name=tracking.logged_model_name(run.name))
     log.artifact(out.curve, name="curve.csv")
     log.metrics({"final_" + k: v for k, v in figures.items()})
     return figures

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .config import UserError
+from .config import UserError, clipped_prior_k
 
 SCHEMA_VERSION = 1
 # what must agree between records judged together: the same estimator of the NLL on the
@@ -78,6 +78,20 @@ class Measurements:
 
     def data_split(self) -> dict:
         return {k: self.model.get(k) for k in DATA_KEYS}
+
+
+def log_to_run(log, m: Measurements, cfg) -> int:
+    """A fresh record into its model's training run (a tracking.RunLogger), measured with
+    `cfg`: every figure under one key whatever the settings (`test/nll`, ...; with
+    `test/k` and `test/n_test`, so each step says its estimator), the settings as params
+    `evaluate.*`, and the run's description. Returns the step: the model's n-th evaluation."""
+    k = cfg.k
+    step = log.test_metrics({**m.metrics, "k": k, "n_test": m.n_test},
+                            f"L_{k} on {m.n_test} test digits")
+    log.params({**{f"evaluate.{key}": v for key, v in settings(cfg).items()},
+                "evaluate.n_test_used": m.n_test, "evaluate.prior_k_used": clipped_prior_k(cfg)})
+    log.update_note()
+    return step
 
 
 def path_for(folder: str | Path, name: str) -> Path:

@@ -693,6 +693,7 @@ def log_to_runs(client, records: dict, j: Judgement, folder: str | Path) -> list
         log.tag("vaelab.budget", "indicative: " + "; ".join(j.budget) if j.budget
                 else "default")
         log.artifacts(folder, "report")
+        log.update_note()  # its description now says the verdicts
         log.tag(REPORTED, r.evaluation_id)  # last: a failure above retries next time
         logged.append(n)
     return logged

@@ -21,6 +21,33 @@ DB_NAME = "mlflow.db"
 # GenAI traces (where its sidebar's workflow switch does not decide: in 3.17 it does, and
 # `?workflowType=machine_learning` in the URL picks the training view; see README).
 EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+# The description MLflow's UI shows (and lets a user edit) on an experiment and on a run.
+NOTE = "mlflow.note.content"
+# One metric key per test figure whatever the settings (test/nll, test/active_units, ...):
+# the estimator and the test set of the latest evaluation are this tag, and params evaluate.*.
+TEST_PREFIX, TEST_ESTIMATOR = "test/", "vaelab.test_estimator"
+VERDICT_PREFIX = "report.claim_"  # the report's verdict tags (vaelab.report.log_to_runs)
+EXPERIMENT_NOTE = (
+    "vaelab: one run per trained model (DVC stage `train@<model>`; run name `<model>`, or "
+    "`<model>@<DVC experiment>` for `dvc exp run`). Each run holds the model's resolved params, "
+    "a point per epoch for every curve (`valid_elbo` and `valid_Lk` mean the same for every "
+    "model; `valid_bound` is the model's own objective), the test metrics under stable keys "
+    "(`test/nll` = -L_k, `test/elbo`, `test/active_units`, ...; step n = the model's n-th "
+    "evaluation; the estimator and the test set in tag `vaelab.test_estimator`, params "
+    "`evaluate.*` and metrics `test/k`, `test/n_test` of each step), the report's verdicts "
+    "on the article's claims as tags `report.claim_<n>`, `report/` and a Logged Model named "
+    "after the model. Runs below the default budget are tagged `vaelab.budget: indicative`.")
+# Saved views (MLflow's "share view", an experiment tag each) the README links as
+# `#/experiments/<id>/runs?viewStateShareKey=<key>`: the runs table sorted by test NLL with
+# its column shown, and (with `&compareRunsMode=CHART`) the valid_elbo curve of every run.
+VIEW_PREFIX = "mlflow.sharedViewState."
+_NLL_COLUMN = f"metrics.`{TEST_PREFIX}nll`"
+SHARED_VIEWS = {
+    "vaelab": {"orderByKey": _NLL_COLUMN, "orderByAsc": True,
+               "selectedColumns": [_NLL_COLUMN, f"metrics.`{TEST_PREFIX}active_units`",
+                                   f"metrics.`{TEST_PREFIX}elbo`", "params.`objective`",
+                                   "params.`k`", "tags.`vaelab.budget`"]},
+    "vaelab-curves": {"chartsSearchFilter": "valid_elbo"}}
 
 
 class TrackingError(UserError, RuntimeError):
@@ -155,7 +182,7 @@ def connect(experiment: str):
             location = (repo_root() / "mlruns").as_uri() if _is_default(uri) else None
             try:
                 exp_id = client.create_experiment(experiment, artifact_location=location,
-                                                  tags={EXPERIMENT_KIND: MODEL_DEVELOPMENT})
+                                                  tags=_experiment_tags({}))
             except Exception:  # noqa: BLE001 - another worker may have made it meanwhile
                 exp = client.get_experiment_by_name(experiment)
                 if exp is None:
@@ -163,8 +190,8 @@ def connect(experiment: str):
                 exp_id = exp.experiment_id
         else:
             exp_id = exp.experiment_id
-            if EXPERIMENT_KIND not in exp.tags:  # stores made before this tag was set
-                client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+            for k, v in _experiment_tags(exp.tags).items():  # stores made before these tags
+                client.set_experiment_tag(exp_id, k, v)
     except Exception as e:  # noqa: BLE001 - any failure here means "store unusable"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise TrackingError(
@@ -180,6 +207,48 @@ def connect(experiment: str):
                 f"{repo_root() / 'mlruns'} (copy the old runs' files from {elsewhere} first "
                 "if this repo lacks them), or set MLFLOW_TRACKING_URI")
     return client, exp_id
+
+
+def _experiment_tags(have: dict) -> dict:
+    """The experiment's tags it lacks or holds outdated: its kind, the shared runs view
+    (ours: kept current), and a description unless one is there (a user's is kept)."""
+    want = {EXPERIMENT_KIND: MODEL_DEVELOPMENT,
+            **{VIEW_PREFIX + k: json.dumps(v) for k, v in SHARED_VIEWS.items()}}
+    out = {k: v for k, v in want.items() if have.get(k) != v}
+    if not have.get(NOTE):
+        out[NOTE] = EXPERIMENT_NOTE
+    return out
+
+
+# What each run holds under these names (README): a Logged Model of the same name would be
+# listed over them in the run's artifacts.
+RUN_ARTIFACTS = ("model", "report", "curve.csv", "samples.png")
+
+
+def logged_model_name(model: str) -> str:
+    """The Logged Model of model `model` is named after it (`vae`), unless that is one of
+    the run's own artifact names."""
+    return model if model not in RUN_ARTIFACTS else f"{model}_keras"
+
+
+def run_note(name: str, tags: dict, metrics: dict) -> str:
+    """A run's description (markdown) from what it holds: the model, its objective and k,
+    the latest test NLL with its estimator, the report's verdicts and the budget."""
+    model = tags.get("vaelab.model", name)
+    lines = [f"**{model}**" + (f": objective `{tags['objective']}`, k = {tags.get('k', '?')}"
+                               if "objective" in tags else "")
+             + (f" (DVC stage `{tags['dvc.stage']}`)" if "dvc.stage" in tags else "") + "."]
+    nll = metrics.get(f"{TEST_PREFIX}nll")
+    lines.append(f"Test NLL {nll:.2f} nats ({tags.get(TEST_ESTIMATOR, 'estimator not recorded')})."
+                 if nll is not None else "Test NLL: not evaluated yet.")
+    verdicts = sorted((int(k[len(VERDICT_PREFIX):]), v) for k, v in tags.items()
+                      if k.startswith(VERDICT_PREFIX) and k[len(VERDICT_PREFIX):].isdigit())
+    if verdicts:
+        lines.append("Claims (`report/report.md`): "
+                     + "; ".join(f"{n} {v}" for n, v in verdicts) + ".")
+    if tags.get("vaelab.budget", "default") != "default":
+        lines.append(f"Budget: {tags['vaelab.budget']}.")
+    return "  \n".join(lines)
 
 
 def _local_path(location: str) -> Path | None:
@@ -386,9 +455,11 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
             for k, v in tags.items():
                 client.set_tag(run_id, k, v)
     run_id = run.info.run_id
+    log = RunLogger(client, run_id, exp_id)
     monitor = _optional("system metrics", lambda: _system_metrics(run_id, resumed=run_id == resume))
     try:
-        yield RunLogger(client, run_id, exp_id)
+        log.update_note()  # the first description; evaluate and report extend it
+        yield log
     except BaseException:
         _optional("system metrics", lambda: monitor and monitor.finish())
         _end(client, run_id, "FAILED")
@@ -482,13 +553,16 @@ class RunLogger:
         with store_errors("reading the run"):
             return dict(self.client.get_run(self.run_id).data.tags)
 
-    def metrics(self, values: dict, step: int | None = None) -> None:
+    def metrics(self, values: dict, step: int | None = None,
+                model_id: str | None = None) -> None:
+        """Log metrics at `step`; with `model_id` (a Logged Model of this run), also as
+        that model's metrics."""
         import time
 
         import mlflow
 
         ts = int(time.time() * 1000)
-        batch = [mlflow.entities.Metric(k, float(v), ts, step or 0)
+        batch = [mlflow.entities.Metric(k, float(v), ts, step or 0, model_id=model_id)
                  for k, v in values.items() if v is not None]
         with store_errors("logging metrics"):
             for i in range(0, len(batch), 500):  # the store's batch limit is 1000
@@ -513,7 +587,7 @@ class RunLogger:
         """Log params describing this run (evaluate.*, sample.*). MLflow params cannot
         change, and a re-evaluation with other settings logs to the same training run: a
         param already logged with another value is then kept, and the new value set as a
-        tag of the same key (tags show the latest; metric names carry k and n)."""
+        tag of the same key (tags show the latest, as does tag vaelab.test_estimator)."""
         import mlflow
 
         with store_errors("logging params"):
@@ -588,6 +662,31 @@ class RunLogger:
     def tag(self, key: str, value) -> None:
         with store_errors("tagging the run"):
             self.client.set_tag(self.run_id, key, str(value))
+
+    def update_note(self) -> None:
+        """Rewrite the run's description (`run_note`) from what the run holds now."""
+        with store_errors("describing the run"):
+            run = self.client.get_run(self.run_id)
+            self.client.set_tag(self.run_id, NOTE, run_note(run.info.run_name, run.data.tags,
+                                                            run.data.metrics))
+
+    def logged_model_id(self) -> str | None:
+        """The id of the run's latest Logged Model (`RunLogger.keras_model`); None if none
+        (the optional flavour failed)."""
+        with store_errors("reading the run"):
+            outputs = self.client.get_run(self.run_id).outputs
+        found = outputs.model_outputs if outputs is not None else []
+        return found[-1].model_id if found else None
+
+    def test_metrics(self, values: dict, estimator: str) -> int:
+        """One evaluation's figures as `test/<key>` at step n, this model's n-th evaluation,
+        also attached to its Logged Model; `estimator` (e.g. "L_5000 on 500 test digits")
+        as tag vaelab.test_estimator. Returns the step."""
+        step = self.last_step(f"{TEST_PREFIX}nll") + 1
+        self.metrics({TEST_PREFIX + k: v for k, v in values.items()}, step=step,
+                     model_id=self.logged_model_id())
+        self.tag(TEST_ESTIMATOR, estimator)
+        return step
 
     def describe(self) -> dict:
         return {"run_id": self.run_id, "experiment_id": self.experiment_id,
