@@ -59,36 +59,90 @@ def main(argv=None) -> dict:
         cache.cleanup()
 
 
-def _check(args, params) -> dict:
-    from .quiet import use_backend
+def _bench_rows(quick: bool) -> list[dict]:
+    """The benchmark rows, from vaelab.bench's own functions: the matmul rate, the IWAE k=50
+    and VAE steps at two batch sizes, L_k evaluation."""
+    from . import bench
 
-    use_backend(os.environ.get("KERAS_BACKEND", "jax"))
-    from . import backend, bench, data, evaluate, train
-    from .io import write_json
-
-    wall = time.perf_counter()
-    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
-           "python": platform.python_version(), "cpu_count": os.cpu_count(),
-           "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-           **backend.versions(), "devices": backend.devices(), "quick": args.quick}
-    print(f"gpucheck: backend {backend.NAME}, devices: {', '.join(out['devices'])}", flush=True)
-    print("gpucheck: " + ", ".join(f"{k} {v}" for k, v in backend.versions().items()), flush=True)
-
-    # -- the benchmark rows (vaelab.bench's own functions) ------------------------------
-    steps, repeats = (4, 1) if args.quick else (20, 5)
-    eval_k, eval_images = (500, 100) if args.quick else (5000, 500)
-    rows = [] if args.no_bench else [
-        {"what": "fp32 matmul 2048x2048", "gflops": bench.matmul_gflops(repeats=repeats)}]
-    for bs in () if args.no_bench else (100, 1000):
+    steps, repeats = (4, 1) if quick else (20, 5)
+    eval_k, eval_images = (500, 100) if quick else (5000, 500)
+    rows = [{"what": "fp32 matmul 2048x2048", "gflops": bench.matmul_gflops(repeats=repeats)}]
+    for bs in (100, 1000):
         for objective, k in (("iwae", 50), ("elbo_analytic", 1)):
             rows.append(bench.bench_train(objective, k, bs, steps, repeats))
             print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['samples_per_s']:,.0f} samples/s",
                   flush=True)
-    if not args.no_bench:
-        rows.append(bench.bench_eval(eval_k, eval_images, 500, 100, max(1, repeats // 2)))
-        print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['images_per_s']:,.0f} images/s",
-              flush=True)
-    out["bench"] = rows
+    rows.append(bench.bench_eval(eval_k, eval_images, 500, 100, max(1, repeats // 2)))
+    print(f"gpucheck: {rows[-1]['what']}: {rows[-1]['images_per_s']:,.0f} images/s", flush=True)
+    return rows
+
+
+def _one_model(name: str, entry, split: dict, cfg, epochs: int | None,
+               seed: int | None) -> dict:
+    """Train one model of the default run through the library and evaluate it: its time,
+    split by part, and its figures."""
+    from . import backend, evaluate, train
+
+    t = dataclasses.replace(entry.train, backend=backend.NAME,
+                            **({"epochs": epochs} if epochs else {}),
+                            **({"seed": seed} if seed is not None else {}))
+    entry = dataclasses.replace(entry, train=t)
+    tic = time.perf_counter()
+    result = train.train(entry, split["train"]["x"], split["valid"]["x"],
+                         progress=train.Progress(name, t.epochs, _io.StringIO()))
+    train_s = time.perf_counter() - tic
+    m = evaluate.Loaded(name, result.encoder, result.decoder, entry.as_flat_dict())
+    tic = time.perf_counter()
+    r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
+    eval_s = time.perf_counter() - tic
+    out = {
+        "objective": entry.objective, "k": entry.k, "epochs": t.epochs,
+        "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
+        "valid_bound": result.history[-1]["valid_bound"],
+        # where the time goes: the training calls (the first epoch's include compiling
+        # the step), per-epoch validation, the rest (building, input conversion); each
+        # evaluation part (the first call of each includes its compilation)
+        "seconds": {"train_steps": result.seconds,
+                    # of which the first epoch, with the step's compilation
+                    "train_first_epoch": result.history[0]["seconds"],
+                    "validation": result.valid_seconds,
+                    "train_other": train_s - result.seconds - result.valid_seconds,
+                    **{f"eval_{part}": v for part, v in r["_seconds"].items()}},
+        "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
+        "nll": r["nll"], "elbo": r["elbo"], "active_units": r["active_units"],
+    }
+    print(f"gpucheck: {name}: {t.epochs} epochs in {train_s:.1f}s "
+          f"({result.samples_per_s:,.0f} samples/s), evaluated in {eval_s:.1f}s: "
+          f"NLL {r['nll']:.2f}, {r['active_units']} active units", flush=True)
+    print("gpucheck:   seconds: " + ", ".join(
+        f"{part} {v:.2f}" for part, v in out["seconds"].items()), flush=True)
+    return out
+
+
+def _machine() -> dict:
+    """Where the check runs: host, versions, devices (printed too)."""
+    from . import backend
+
+    out = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
+           "python": platform.python_version(), "cpu_count": os.cpu_count(),
+           "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+           **backend.versions(), "devices": backend.devices()}
+    print(f"gpucheck: backend {backend.NAME}, devices: {', '.join(out['devices'])}", flush=True)
+    print("gpucheck: " + ", ".join(f"{k} {v}" for k, v in backend.versions().items()), flush=True)
+    return out
+
+
+def _check(args, params) -> dict:
+    from .quiet import use_backend
+
+    use_backend(os.environ.get("KERAS_BACKEND", "jax"))
+    from . import data
+    from .io import write_json
+
+    wall = time.perf_counter()
+    out = {**_machine(), "quick": args.quick}
+
+    out["bench"] = [] if args.no_bench else _bench_rows(args.quick)
 
     # -- the default run's models, trained and evaluated through the library -------------
     cfg = params.evaluate
@@ -108,39 +162,7 @@ def _check(args, params) -> dict:
     def run_models(seed: int | None) -> dict:
         models_out = {}
         for name, entry in params.models.items():
-            t = dataclasses.replace(entry.train, backend=backend.NAME,
-                                    **({"epochs": epochs} if epochs else {}),
-                                    **({"seed": seed} if seed is not None else {}))
-            entry = dataclasses.replace(entry, train=t)
-            tic = time.perf_counter()
-            result = train.train(entry, split["train"]["x"], split["valid"]["x"],
-                                 progress=train.Progress(name, t.epochs, _io.StringIO()))
-            train_s = time.perf_counter() - tic
-            m = evaluate.Loaded(name, result.encoder, result.decoder, entry.as_flat_dict())
-            tic = time.perf_counter()
-            r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
-            eval_s = time.perf_counter() - tic
-            models_out[name] = {
-                "objective": entry.objective, "k": entry.k, "epochs": t.epochs,
-                "train_seconds": train_s, "train_samples_per_s": result.samples_per_s,
-                "valid_bound": result.history[-1]["valid_bound"],
-                # where the time goes: the training calls (the first epoch's include compiling
-                # the step), per-epoch validation, the rest (building, input conversion); each
-                # evaluation part (the first call of each includes its compilation)
-                "seconds": {"train_steps": result.seconds,
-                            # of which the first epoch, with the step's compilation
-                            "train_first_epoch": result.history[0]["seconds"],
-                            "validation": result.valid_seconds,
-                            "train_other": train_s - result.seconds - result.valid_seconds,
-                            **{f"eval_{part}": v for part, v in r["_seconds"].items()}},
-                "eval_seconds": eval_s, "eval_images_per_s": r["eval_images_per_s"],
-                "nll": r["nll"], "elbo": r["elbo"], "active_units": r["active_units"],
-            }
-            print(f"gpucheck: {name}: {t.epochs} epochs in {train_s:.1f}s "
-                  f"({result.samples_per_s:,.0f} samples/s), evaluated in {eval_s:.1f}s: "
-                  f"NLL {r['nll']:.2f}, {r['active_units']} active units", flush=True)
-            print("gpucheck:   seconds: " + ", ".join(
-                f"{part} {v:.2f}" for part, v in models_out[name]["seconds"].items()), flush=True)
+            models_out[name] = _one_model(name, entry, split, cfg, epochs, seed)
         return models_out
 
     seeds = args.seeds or [None]

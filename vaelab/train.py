@@ -733,12 +733,17 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
                             best)
         if stop:
             break
+    return _finish(result, best, t, inputs.n * (result.epochs_trained - start_epoch))
+
+
+def _finish(result: TrainResult, best: Best | None, t, samples: int) -> TrainResult:
+    """Early stopping's outcome (and the best epoch's weights put back when asked), and the
+    training speed over the `samples` digits trained in this process."""
     if best is not None:
         result.best_epoch = best.epoch or None
         result.stopped_early = best.stopped and result.epochs_trained < t.epochs
         if t.restore_best and best.weights is not None:
-            best.put_back(vae)
+            best.put_back(result.vae)
             result.restored_best = True
-    trained = result.epochs_trained - start_epoch
-    result.samples_per_s = inputs.n * trained / result.seconds if result.seconds else 0.0
+    result.samples_per_s = samples / result.seconds if result.seconds else 0.0
     return result
