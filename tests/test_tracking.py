@@ -2,10 +2,12 @@
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from vaelab import tracking
@@ -111,7 +113,7 @@ def test_a_failing_optional_extra_keeps_the_run(monkeypatch, tmp_path, capsys):
         log.dataset("not an array", "d", "/nowhere")
         run_id = log.run_id
     out = capsys.readouterr().out
-    assert "mlflow: Keras model flavour not logged" in out and "mlflow: dataset d not logged" in out
+    assert "mlflow: MLflow model not logged" in out and "mlflow: dataset d not logged" in out
     assert log.client.get_run(run_id).info.status == "FINISHED"
 
 
@@ -196,10 +198,12 @@ def test_logged_model_is_named_after_the_model_with_its_test_metrics(monkeypatch
     import numpy as np
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    x = keras.Input((4,), name="x")
-    net = keras.Model(x, keras.layers.Dense(4)(x))
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go to ./mlruns
+    x = keras.Input((784,), name="x")
+    net = keras.Model(x, keras.layers.Dense(784, activation="sigmoid")(x))
     with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
-        log.keras_model(net, np.zeros((2, 4), np.float32), name=tracking.logged_model_name("vae"))
+        log.keras_model(net, np.zeros((2, 28, 28), np.uint8),
+                        name=tracking.logged_model_name("vae"))
     log.test_metrics({"nll": 90.5, "active_units": 12}, "L_5000 on 500 test digits")
     model_id = log.logged_model_id()
     model = log.client.get_logged_model(model_id)
@@ -227,3 +231,63 @@ def test_a_store_failing_on_the_first_description_leaves_no_run_running(monkeypa
             raise AssertionError("not reached")
     [run] = client.search_runs([exp_id])
     assert run.info.status == "FAILED"
+
+
+def _sigmoid(t):
+    return 1 / (1 + np.exp(-np.asarray(t, np.float64)))
+
+
+def test_the_logged_model_takes_digits_as_stored_and_gives_pixel_probabilities(
+        monkeypatch, tmp_path):
+    """What a user gets from `mlflow.pyfunc.load_model(uri).predict(x)`: uint8 grey values
+    (as `prepare` stores them, [N, 28, 28]), uint8 bits [N, 784] and floats in [0, 1] all
+    work, and the output is sigmoid(decoder logits) at the posterior mean, computed here
+    from the two networks by hand."""
+    import keras
+    import mlflow
+
+    from vaelab import models
+    from vaelab.config import ModelConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    keras.utils.set_random_seed(0)
+    vae = models.VAE.build(ModelConfig(latent=3, hidden=(16,)))
+    x_in = keras.Input((784,), name="x")
+    grey = np.random.default_rng(0).integers(0, 256, (5, 28, 28)).astype(np.uint8)
+    bits = (grey.reshape(5, 784) > 127).astype(np.uint8)
+    with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+        log.keras_model(keras.Model(x_in, vae.reconstruct(x_in)), grey[:2])
+    [logged] = mlflow.search_logged_models(experiment_ids=[log.experiment_id],
+                                           output_format="list")
+    model = mlflow.pyfunc.load_model(logged.model_uri)
+
+    def by_hand(x):
+        loc = np.asarray(vae.encoder(x)[0])  # the posterior mean
+        return _sigmoid(vae.decoder(loc))
+
+    unit = grey.reshape(5, 784).astype(np.float32) / 255
+    for given, x in [(grey, unit), (grey.reshape(5, 784), unit), (unit, unit),
+                     (bits, bits.astype(np.float32)), (bits.astype(bool), bits.astype(np.float32))]:
+        out = model.predict(given)
+        assert out.dtype == np.float32 and out.shape == (5, 784)
+        np.testing.assert_allclose(out, by_hand(x), atol=1e-5)
+    assert "pixel probabilities" in model.metadata.metadata["output"]
+    for bad, says in [(grey.astype(np.float32), "in [0, 1]"), (grey[:, :27], "[N, 28, 28]"),
+                      (grey.astype(np.int64) - 1, "0..255")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            model.predict(bad)
+
+
+def test_a_gaussian_models_logged_output_is_its_mean():
+    import keras
+
+    from vaelab import models
+    from vaelab.config import ModelConfig
+
+    keras.utils.set_random_seed(0)
+    vae = models.VAE.build(ModelConfig(latent=3, hidden=(16,), decoder="gaussian"))
+    x_in = keras.Input((784,), name="x")
+    x = np.random.default_rng(1).random((4, 784)).astype(np.float32)
+    loc, _ = vae.decoder(np.asarray(vae.encoder(x)[0]))
+    np.testing.assert_allclose(keras.Model(x_in, vae.reconstruct(x_in)).predict(x, verbose=0),
+                               np.asarray(loc), atol=1e-6)

@@ -147,11 +147,11 @@ def write_outputs(run: RunConfig, result: train.TrainResult, out: Outputs, log,
     io.write_text(out.curve, curve_csv(result.history))
     log.artifacts(out.model, "model")
     # the plain .keras files stay under model/; this is the same networks composed as
-    # x -> decoder output at the posterior mean, through MLflow's Keras flavour
-    # (several layers: x -> E_q[h1|x] -> p(x|h1)'s output)
+    # x -> E[x|z] at the posterior mean (several layers: at E_q[h1|x]), for MLflow's
+    # loaders: digits as stored in, pixel probabilities out
     x_in = keras.Input((x_example[0].size,), name="x")
-    log.keras_model(keras.Model(x_in, result.vae.at_posterior_mean(x_in),
-                                name=f"{run.name}_reconstruction"), data.to_unit(x_example),
+    log.keras_model(keras.Model(x_in, result.vae.reconstruct(x_in),
+                                name=f"{run.name}_reconstruction"), x_example,
                     name=tracking.logged_model_name(run.name))
     log.artifact(out.curve, name="curve.csv")
     log.metrics({"final_" + k: v for k, v in figures.items()})

@@ -362,13 +362,9 @@ class VAE:
         return self.mean(self._prior.sample(n, seed=seed))
 
     def reconstruct(self, x):
-        """E[x|z] at the posterior mean (several layers: at E_q[h1|x]). [N, 784]."""
+        """E[x|z] at the posterior mean (several layers: at E_q[h1|x]). [N, 784]; x may be a
+        symbolic keras.Input (the model MLflow logs, vaelab.fit.write_outputs)."""
         return decoder_mean(self.x_decoder, self.kind, _float(self.q_nets[0](x)[0]))
-
-    def at_posterior_mean(self, x):
-        """The decoder's raw output(s) at the posterior mean (several layers: p(x|h1)'s at
-        h1 = E_q[h1|x]); x may be a symbolic keras.Input (MLflow's composed model)."""
-        return self.x_decoder(self.q_nets[0](x)[0])
 
     def prior_std(self, n: int = 10_000, seed: int = 0) -> list[np.ndarray]:
         """The marginal std of p over each unit, per stochastic layer, float32 [d] each: 1 for

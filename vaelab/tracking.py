@@ -48,6 +48,12 @@ SHARED_VIEWS = {
                                    f"metrics.`{TEST_PREFIX}elbo`", "params.`objective`",
                                    "params.`k`", "tags.`vaelab.budget`"]},
     "vaelab-curves": {"chartsSearchFilter": "valid_elbo"}}
+# What a logged model takes and gives (its MLmodel's metadata; README "Using a model").
+MODEL_IO = {
+    "input": "digits [N, 28, 28] or [N, 784]: uint8 grey values 0..255 or bits 0/1 as "
+             "`prepare` stores them, or floats in [0, 1]",
+    "output": "float32 [N, 784] pixel probabilities: E[x|z] at the posterior mean of z "
+              "(Bernoulli decoder: sigmoid of its logits; Gaussian: its mean intensity)"}
 
 
 class TrackingError(UserError, RuntimeError):
@@ -605,32 +611,50 @@ class RunLogger:
             self.client.log_artifacts(self.run_id, str(path), folder)
 
     def keras_model(self, model, example, name: str = "keras_model") -> None:
-        """`model` through MLflow's Keras flavour, with an input example and the signature
-        inferred from it (a LoggedModel of this run); optional, like the dataset. Not named
-        `model`: MLflow 3 lists a logged model's files under the run's artifact folder of
-        the same name, which would shadow the plain .keras files in `model/`."""
+        """`model` (Keras, x float32 [N, 784] in [0, 1] -> pixel probabilities) as an MLflow
+        pyfunc model of this run (a LoggedModel) that takes digits as stored, uint8 0..255
+        or 0/1 as well as floats, and `example` (a few stored digits) as its input example:
+        vaelab/mlflow_digits.py, which MLflow runs on its own when it loads the model.
+        Optional, like the dataset. Not named `model`: MLflow 3 lists a logged model's files
+        under the run's artifact folder of the same name, which would shadow the plain
+        .keras files in `model/`."""
         def log():
+            import logging
+            import tempfile
+
             import keras
             import mlflow
+            import numpy as np
+            from mlflow.models import ModelSignature
+            from mlflow.types import Schema, TensorSpec
 
             from . import backend
 
             mlflow.set_experiment(experiment_id=self.experiment_id)  # else "Default"
-            # Model.log with the Keras flavour is mlflow.keras.log_model with run_id (which
-            # knows only the active run). Explicit requirements: inferring them starts a
-            # subprocess loading the model. The Keras flavour infers no signature: given.
-            # No input_example: mlflow 3.17.2's Keras flavour writes it before it makes the
-            # model folder (FileNotFoundError); the signature records the input's shape.
-            signature = mlflow.models.infer_signature(example, model.predict(example, verbose=0))
             keras.utils.disable_interactive_logging()
-            mlflow.models.Model.log(
-                artifact_path=None, name=name, flavor=mlflow.keras, model=model,
-                signature=signature, run_id=self.run_id,
-                pip_requirements=[f"keras=={keras.__version__}",
-                                  *(f"{pkg}=={v}" for pkg, v in backend.versions().items()
-                                    if pkg in ("tensorflow", "jax"))])
+            # No input schema: MLflow would refuse every dtype and shape but one, and the
+            # model's own code checks its input (mlflow_digits.as_model_input).
+            signature = ModelSignature(outputs=Schema([TensorSpec(
+                np.dtype(np.float32), (-1, int(np.prod(model.outputs[0].shape[1:]))))]))
+            with tempfile.TemporaryDirectory() as tmp:
+                # a training stage prints its own lines, not MLflow's check of the example
+                logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+                os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+                path = Path(tmp) / "model.keras"
+                model.save(path)
+                # Model.log is mlflow.pyfunc.log_model with run_id (which knows only the
+                # active run). Explicit requirements: inferring them starts a subprocess.
+                mlflow.models.Model.log(
+                    artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id,
+                    python_model=str(Path(__file__).with_name("mlflow_digits.py")),
+                    artifacts={"keras_model": str(path)}, signature=signature,
+                    input_example=example, metadata=MODEL_IO,
+                    pip_requirements=[f"mlflow=={mlflow.__version__}",
+                                      f"keras=={keras.__version__}",
+                                      *(f"{pkg}=={v}" for pkg, v in backend.versions().items()
+                                        if pkg in ("tensorflow", "jax"))])
 
-        _optional("Keras model flavour", log)
+        _optional("MLflow model", log)
 
     def dataset(self, features, name: str, source: str, context: str = "training") -> None:
         """The data the run used, as an MLflow dataset input (name, digest, shape)."""
