@@ -155,7 +155,7 @@ def test_mlflow_store_has_one_complete_run_per_model(repo, first_run):
         assert inputs == {"mnist5k-train", "mnist5k-valid"}
         flavours = db.execute("select count(*) from logged_models where source_run_id = ?",
                               (run_id,)).fetchone()[0]
-        assert flavours == 1, "the Keras flavour, with its signature"
+        assert flavours == 1, "the MLflow model (pyfunc), with its signature"
     kind = dict(db.execute("select key, value from experiment_tags"))
     assert kind["mlflow.experimentKind"] == "custom_model_development"
     artifacts = repo / "mlruns"

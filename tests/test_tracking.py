@@ -250,6 +250,7 @@ def test_the_logged_model_takes_digits_as_stored_and_gives_pixel_probabilities(
     from vaelab.config import ModelConfig
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go to ./mlruns
     keras.utils.set_random_seed(0)
     vae = models.VAE.build(ModelConfig(latent=3, hidden=(16,)))
     x_in = keras.Input((784,), name="x")

@@ -238,6 +238,21 @@ class Params:
     path: str = "params.yaml"
 
 
+def sample_overrides(sample: SampleConfig, count: int | None = None,
+                     seed: int | None = None) -> SampleConfig:
+    """params.yaml's `sample:` with a command line's --count and --seed (None: keep) over
+    it, checked as params.yaml's values are."""
+    given = dataclasses.replace(sample, **{k: v for k, v in (("n", count), ("seed", seed))
+                                           if v is not None})
+    return _sample(_Checker("command line"), given, "--count", "--seed")
+
+
+def _sample(c: "_Checker", sample: SampleConfig, n_key: str, seed_key: str) -> SampleConfig:
+    c.integer(sample.n, n_key, low=1)
+    c.integer(sample.seed, seed_key, low=0)
+    return sample
+
+
 # ----------------------------------------------------------------------------------------
 # checking helpers: each raises ParamsError naming `file: key.path: what is allowed, got X`
 
@@ -529,9 +544,8 @@ def parse_params(raw: Any, file: str = "params.yaml") -> Params:
     evaluate = _evaluate(c, c.mapping(raw.get("evaluate"), "evaluate"))
     sample_raw = c.mapping(raw.get("sample"), "sample")
     c.known_keys(sample_raw, _fields(SampleConfig), "sample")
-    sample = dataclasses.replace(SampleConfig(), **sample_raw)
-    c.integer(sample.n, "sample.n", low=1)
-    c.integer(sample.seed, "sample.seed", low=0)
+    sample = _sample(c, dataclasses.replace(SampleConfig(), **sample_raw), "sample.n",
+                     "sample.seed")
     mlflow_raw = c.mapping(raw.get("mlflow"), "mlflow")
     c.known_keys(mlflow_raw, _fields(MlflowConfig), "mlflow")
     mlflow_cfg = dataclasses.replace(MlflowConfig(), **mlflow_raw)
