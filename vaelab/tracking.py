@@ -486,7 +486,7 @@ def _end(client, run_id: str, status: str) -> None:
 
 
 def _optional(what: str, fn):
-    """Run an optional extra (system metrics, the model flavour, the dataset); its failure
+    """Run an optional extra (system metrics, the logged model, the dataset); its failure
     prints one line and must not lose the run or the stage's outputs."""
     try:
         return fn()
