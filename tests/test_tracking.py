@@ -164,6 +164,7 @@ def test_experiment_and_runs_are_described(monkeypatch, tmp_path):
     from vaelab import report
     from vaelab.config import EvaluateConfig
 
+    monkeypatch.chdir(tmp_path)  # a sqlite store's artifacts go to ./mlruns
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     client, exp_id = tracking.connect("e")
     exp = client.get_experiment(exp_id)
