@@ -185,7 +185,11 @@ def test_changing_one_k_reruns_only_its_branch(repo, first_run):
         out = dvc(repo, "repro", "--dry")
     finally:
         (repo / "params.yaml").write_text(original)
-    assert ran(out) == {"check", "train@iwae", "report", *per_model("iwae")}
+    # --dry runs nothing, so it cannot know that train@iwae's outputs will change: the
+    # stages that read them (evaluate@iwae, sample@iwae) are not listed; the report is, for
+    # its `models` param. That a real run re-runs iwae's branch only is
+    # test_an_experiment_measures_and_logs_only_its_own_model's.
+    assert ran(out) == {"check", "train@iwae", "report"}, out.stdout
     assert ran(dvc(repo, "repro", "--dry")) == {"check"}, "params restored: nothing to do"
 
 
