@@ -145,7 +145,8 @@ def test_maths_and_training_tests_pass_on_jax():
          "-k", "not killed_stage and not diverging_stage and not params_mistake "
                "and not atomic and not read_only and not prepared"],
         cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"},
-        capture_output=True, text=True, timeout=2400)  # a hang guard only: 20 min on a loaded 2-core machine
+        # a hang guard only: it took over 20 minutes on a 2-core machine running a second suite
+        capture_output=True, text=True, timeout=2400)
     tail = proc.stdout[-3000:]
     assert proc.returncode == 0, tail + proc.stderr[-2000:]
     assert " passed" in tail and "failed" not in tail, tail
