@@ -66,8 +66,8 @@ def watch_parent(on_death, interval: float = 1.0):
             return True
 
     def watch():
-        while not stop.wait(interval):
-            if runner is None or gone():
+        while runner is not None and not stop.wait(interval):  # None: nothing to watch
+            if gone():
                 on_death()
                 return
 

@@ -621,6 +621,7 @@ class RunLogger:
         def log():
             import logging
             import tempfile
+            from unittest import mock
 
             import keras
             import mlflow
@@ -636,23 +637,29 @@ class RunLogger:
             # model's own code checks its input (mlflow_digits.as_model_input).
             signature = ModelSignature(outputs=Schema([TensorSpec(
                 np.dtype(np.float32), (-1, int(np.prod(model.outputs[0].shape[1:]))))]))
-            with tempfile.TemporaryDirectory() as tmp:
-                # a training stage prints its own lines, not MLflow's check of the example
-                logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
-                os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-                path = Path(tmp) / "model.keras"
-                model.save(path)
-                # Model.log is mlflow.pyfunc.log_model with run_id (which knows only the
-                # active run). Explicit requirements: inferring them starts a subprocess.
-                mlflow.models.Model.log(
-                    artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id,
-                    python_model=str(Path(__file__).with_name("mlflow_digits.py")),
-                    artifacts={"keras_model": str(path)}, signature=signature,
-                    input_example=example, metadata=MODEL_IO,
-                    pip_requirements=[f"mlflow=={mlflow.__version__}",
-                                      f"keras=={keras.__version__}",
-                                      *(f"{pkg}=={v}" for pkg, v in backend.versions().items()
-                                        if pkg in ("tensorflow", "jax"))])
+            # a training stage prints its own lines, not MLflow's check of the example nor
+            # its upload progress bar; both restored after, for the caller's own MLflow use
+            pyfunc_log = logging.getLogger("mlflow.pyfunc")
+            level = pyfunc_log.level
+            pyfunc_log.setLevel(logging.WARNING)
+            try:
+                with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(
+                        os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+                    path = Path(tmp) / "model.keras"
+                    model.save(path)
+                    # Model.log is mlflow.pyfunc.log_model with run_id (which knows only the
+                    # active run). Explicit requirements: inferring them starts a subprocess.
+                    mlflow.models.Model.log(
+                        artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=self.run_id,
+                        python_model=str(Path(__file__).with_name("mlflow_digits.py")),
+                        artifacts={"keras_model": str(path)}, signature=signature,
+                        input_example=example, metadata=MODEL_IO,
+                        pip_requirements=[
+                            f"mlflow=={mlflow.__version__}", f"keras=={keras.__version__}",
+                            *(f"{pkg}=={v}" for pkg, v in backend.versions().items()
+                              if pkg in ("tensorflow", "jax"))])
+            finally:
+                pyfunc_log.setLevel(level)
 
         _optional("MLflow model", log)
 
