@@ -425,8 +425,10 @@ def test_one_layer_model_json_keys_unchanged():
 @pytest.mark.parametrize("edit,words", [
     ({"objective": "elbo_analytic", "k": 1},
      ["models.m.objective", "needs one stochastic layer (closed-form KL)", "elbo_mc"]),
-    ({"layers": 3}, ["model.layers", "must be 1 or 2", "got 3"]),
-    ({"layers": True}, ["model.layers", "must be 1 or 2"]),
+    ({"layers": 9}, ["model.layers", "from 1 to 8", "got 9"]),
+    ({"layers": 0}, ["model.layers", "from 1 to 8", "got 0"]),
+    ({"layers": True}, ["model.layers", "from 1 to 8"]),
+    ({"layers": 2.0}, ["model.layers", "from 1 to 8"]),
     ({"h1_latent": 0}, ["models.m.h1_latent", "positive integer"]),
     ({"h1_hidden": []}, ["models.m.h1_hidden", "non-empty list"]),
 ])
@@ -462,7 +464,6 @@ def test_entries_resolve_with_their_layers_and_options(layers, entry, options):
 
 # ---------------------------------------------------------------------------------------
 # three stochastic layers: the library builds any number from ModelConfig.stochastic
-# (params.yaml offers 1 or 2, so the config is made directly here)
 
 CFG3 = ModelConfig(latent=2, hidden=(12,), layers=3, h1_latent=4, h1_hidden=(6,))
 
@@ -509,8 +510,9 @@ def test_three_layers_build_and_their_joint_densities_match_the_networks(x):
 
 
 def test_three_layers_train_deterministically_and_improve(digits):
-    run = tiny_params().models["m"]
-    run = dataclasses.replace(run, model=CFG3, train=dataclasses.replace(run.train, epochs=3))
+    run = tiny_params(layers=3, latent=2, hidden=[12], h1_latent=4, h1_hidden=[6]).models["m"]
+    assert run.model == CFG3  # params.yaml accepts it, per model too
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, epochs=3))
     out = [train.train(run, digits[:120], digits[120:], progress=train.Progress(
         "m", 3, io.StringIO())) for _ in range(2)]
     for a, b in zip(out[0].encoder.get_weights() + out[0].decoder.get_weights(),

@@ -28,8 +28,11 @@ SCHEDULES = ("constant", "burda")
 # what an `init_from` source must share with the model it initialises (same weight shapes)
 ARCHITECTURE = ("layers", "latent", "hidden", "h1_latent", "h1_hidden", "activation", "decoder",
                 "decoder_scale")
-LAYERS = (1, 2)  # stochastic layers: Burda et al. 2015's two MNIST architectures
-TWO_LAYER_KEYS = ("layers", "h1_latent", "h1_hidden")  # in model.json for two layers only
+# Stochastic layers: Burda et al. 2015 used 1 and 2; the library builds any number (each
+# layer above h1 repeats h1_latent units on h1_hidden). The cap keeps a typo (`layers: 100`)
+# from building hundreds of networks before the cost check can name the key.
+MAX_LAYERS = 8
+TWO_LAYER_KEYS = ("layers", "h1_latent", "h1_hidden")  # in model.json for two or more layers
 
 
 
@@ -63,18 +66,18 @@ class ModelConfig:
     # "mixed_bfloat16": every Dense layer multiplies in bfloat16; log-probs stay float32
     precision: str = "float32"
     # stochastic layers. 2: x -> hidden -> h1 (h1_latent) -> h1_hidden -> h2 (latent), the
-    # generative path back (Burda et al.'s second architecture; vaelab.models.VAE)
+    # generative path back (Burda et al.'s second architecture; vaelab.models.VAE). L > 2:
+    # L - 2 more layers of h1_latent units, each on h1_hidden, between h1 and the top.
     layers: int = 1
-    h1_latent: int = 100  # two layers only: units of h1
-    h1_hidden: tuple[int, ...] = (100, 100)  # two layers only: the layers between h1 and h2
+    h1_latent: int = 100  # two or more layers: units of h1 (and of the middle layers)
+    h1_hidden: tuple[int, ...] = (100, 100)  # two or more: the layers between h_i and h_{i+1}
 
     @property
     def stochastic(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
         """(units, hidden sizes below it) of each stochastic layer from x up: what
         vaelab.models builds. One layer: ((latent, hidden),); two (Burda et al.):
-        ((h1_latent, hidden), (latent, h1_hidden)); more (the library takes any number,
-        params.yaml 1 or 2): further layers of h1_latent units on h1_hidden between h1 and
-        the top."""
+        ((h1_latent, hidden), (latent, h1_hidden)); more (up to MAX_LAYERS): further layers
+        of h1_latent units on h1_hidden between h1 and the top."""
         if self.layers == 1:
             return ((self.latent, self.hidden),)
         middle = ((self.h1_latent, self.h1_hidden),) * (self.layers - 2)
@@ -348,9 +351,9 @@ def _model(c: _Checker, raw: dict, key: str) -> ModelConfig:
     c.choice(m.activation, f"{key}.activation", ACTIVATIONS)
     c.choice(m.decoder, f"{key}.decoder", DECODERS)
     c.choice(m.precision, f"{key}.precision", PRECISIONS)
-    if isinstance(m.layers, bool) or m.layers not in LAYERS:
-        c.fail(f"{key}.layers", "must be 1 or 2 (stochastic layers, Burda et al.'s two "
-               "architectures)", m.layers)
+    if isinstance(m.layers, bool) or not isinstance(m.layers, int) or not 1 <= m.layers <= MAX_LAYERS:
+        c.fail(f"{key}.layers", f"must be an integer from 1 to {MAX_LAYERS} (stochastic layers; "
+               "Burda et al.'s two architectures are 1 and 2)", m.layers)
     c.integer(m.h1_latent, f"{key}.h1_latent", low=1)
     h1_hidden = c.int_list(m.h1_hidden, f"{key}.h1_hidden")
     scale = m.decoder_scale

@@ -117,7 +117,7 @@ def _train_costs(params, run) -> list[Cost]:
     batch = min(t.batch_size, n_train)
     floats = _sample_floats(m)
     sizes = [("hidden", max(m.hidden), 200), ("latent", m.latent, 50)]
-    if m.layers == 2:
+    if m.layers >= 2:
         sizes += [("h1_latent", m.h1_latent, 100), ("h1_hidden", max(m.h1_hidden), 100)]
     layer_key = _driver(*((_key(params, run, "model", f), v, u) for f, v, u in sizes))
     steps_key = _driver((epochs_key, t.epochs, 200), (k_key, s, 50))

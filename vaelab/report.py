@@ -7,6 +7,7 @@ expects, and nothing here measures: the `report` stage re-renders in seconds.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -370,8 +371,10 @@ def claim_8(results, infos) -> Claim:
 
 
 def _units(r: dict) -> str:
-    if "active_units_h1" in r:
-        return f"{r['active_units']} (h1 {r['active_units_h1']} + h2 {r['active_units_h2']})"
+    if "active_units_h1" in r:  # several layers: per layer, h1 first
+        per = [f"h{i} {r[f'active_units_h{i}']}" for i in
+               itertools.takewhile(lambda i: f"active_units_h{i}" in r, itertools.count(1))]
+        return f"{r['active_units']} ({' + '.join(per)})"
     return str(r["active_units"])
 
 
