@@ -11,25 +11,23 @@ behind `data.path`: replacing those files changes it, so `prepare` reruns.
 """
 from pathlib import Path
 
-from vaelab import cli, io, tracking
+from vaelab import cli, io, registry, tracking
 from vaelab.config import load_params
 from vaelab.cost import check_cost, estimate
 from vaelab.data import DataError
 
 
 def source_files(source: str, path: str | None) -> dict[str, str]:
-    """{file name: sha256} of what `data.path` names (the folder's files for idx)."""
-    if source not in ("idx", "npz"):
+    """{file name: sha256} of what `data.path` names (a folder's files of the source's kind)."""
+    spec = registry.SOURCES[source]
+    if not spec.path:
         return {}  # bundled or downloaded by a fixed name: nothing local can change
     p = Path(path)
-    if source == "npz":
-        if not p.is_file():
-            raise DataError(f"data.path: {path}: no such file (data.source is npz)")
+    if not (p.is_file() if spec.path == "file" else p.is_dir()):
+        raise DataError(f"data.path: {path}: no such {spec.path} (data.source is {source})")
+    if spec.path == "file":
         return {p.name: io.file_sha256(p)}
-    if not p.is_dir():
-        raise DataError(f"data.path: {path}: no such folder (data.source is idx)")
-    return {f.name: io.file_sha256(f) for f in sorted(p.iterdir())
-            if f.is_file() and "idx" in f.name}
+    return {f.name: io.file_sha256(f) for f in sorted(p.glob(spec.path_files)) if f.is_file()}
 
 
 def main():

@@ -16,6 +16,7 @@ import yaml
 from repo_copy import env_for, make_repo
 
 from vaelab import measurements
+from vaelab.report import CLAIMS
 
 NAMES = ("vae", "vae_mc", "iwae", "prior")
 
@@ -108,10 +109,10 @@ def test_outputs_exist_and_parse(repo, first_run):
         assert r["nll"] > 0 and r["elbo"] <= -r["nll"] + 1e-3  # ELBO <= L_k
         assert 0 <= r["active_units"] <= 50
     report = (repo / "reports" / "report.md").read_text()
-    for i in range(1, 9):
+    for i in CLAIMS:
         assert f"### {i}." in report
     assert report.count("**HOLDS** (indicative)") + report.count("**DOES NOT HOLD** (indicative)") \
-        + report.count("**NOT MEASURED** (indicative)") == 8
+        + report.count("**NOT MEASURED** (indicative)") == len(CLAIMS)
     assert "### 8. Two stochastic layers give a better model, and IWAE still beats the VAE " \
         "there: **NOT MEASURED** (indicative)" in report  # no two-layer model in the tiny run
     assert "**Indicative run**" in report

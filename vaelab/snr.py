@@ -303,7 +303,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Gradient SNR on Rainforth et al.'s toy problem")
     p.add_argument("--toy", action="store_true", required=True)
     p.add_argument("--k", type=int, nargs="+", default=[1, 10, 100, 1000])
-    p.add_argument("--estimators", nargs="+", default=["standard", "stl", "dreg"])
+    p.add_argument("--estimators", nargs="+", default=list(registry.ESTIMATORS))
     p.add_argument("--points", type=int, default=8)
     p.add_argument("--repeats", type=int, default=500)
     p.add_argument("--out", default=None, help="PNG of median SNR vs K")
