@@ -397,8 +397,8 @@ def _parser() -> argparse.ArgumentParser:
                         "hand-written PyTorch and JAX steps run by --peer-script, and print "
                         "vaelab's digits/s over each")
     p.add_argument("--peer-script", default=None,
-                   help=f"the peers' script (default: {DEFAULT_PEER_SCRIPT.parent.parent.name}"
-                        f"/bench/peer_iwae.py beside the repository)")
+                   help="the peers' script (default: ../shared/bench/peer_iwae.py from the "
+                        "repository's root)")
     p.add_argument("--peer-python", default=None,
                    help="the Python that runs the peers (default: this one)")
     p.add_argument("--peer-frameworks", nargs="+", choices=PEER_FRAMEWORKS,
