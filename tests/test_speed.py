@@ -239,3 +239,62 @@ def test_bench_levers_run_each_in_its_own_process_with_its_setting(tmp_path):
     assert seen == {"defaults": (None, "TF default", "TF default"),
                     "1-step-per-call": (1, "TF default", "TF default"),
                     "threads-1-2": (None, "1", "2")}
+
+
+STUB_PEER = """
+import json, sys
+framework, k, batch, steps = sys.argv[1], *map(int, sys.argv[3::2])
+if framework == "torch":
+    raise ModuleNotFoundError("No module named 'torch'")
+if framework == "torch-compile":
+    raise RuntimeError("no C++ compiler")
+print("jax warming up")
+print(json.dumps({"framework": framework, "device": "cpu", "k": k, "batch": batch,
+                  "steps": steps, "samples_per_s": 250.0, "loss": 1.0}))
+"""
+
+
+def test_bench_peers_parses_each_peer_and_divides_by_it(tmp_path, capsys):
+    """--peers: the project's step and each peer (here a stub script) in one invocation; a
+    framework that is not installed or fails is one skip line, the rest get vaelab / it."""
+    from vaelab import bench
+
+    stub = tmp_path / "peer.py"
+    stub.write_text(STUB_PEER)
+    out = bench.main(["--peers", "--peer-script", str(stub), "--k", "3", "--batch-size", "20",
+                      "--steps", "2", "--repeats", "2", "--json", str(tmp_path / "p.json")])
+    table = capsys.readouterr().out
+    mine, torch, compiled, jax = out["peers"]
+    assert [r["framework"] for r in (torch, compiled, jax)] == ["torch", "torch-compile", "jax"]
+    assert "not installed" in torch["skipped"] and "No module named 'torch'" in torch["skipped"]
+    assert compiled["skipped"] == "failed: RuntimeError: no C++ compiler"
+    # the peer ran the project's k and batch, as many timed steps as repeats x steps
+    assert (jax["k"], jax["batch"], jax["steps"]) == (3, 20, 4)
+    assert jax["vaelab_over_it"] == pytest.approx(mine["samples_per_s"] / 250.0)
+    assert mine["vaelab_over_it"] == 1.0
+    flops = bench.flops_per_example("iwae", 3, 20, (200, 200), 50)
+    assert out["flops_per_digit"] == flops
+    assert jax["gflops"] == pytest.approx(250.0 * flops / 1e9)
+    assert jax["of_matmul_rate"] == pytest.approx(jax["gflops"] / out["matmul_gflops"])
+    lines = table.splitlines()
+    assert sum(ln.startswith(("torch ", "torch-compile ")) and "skipped:" in ln
+               for ln in lines) == 2
+    jax_line = next(ln for ln in lines if ln.startswith("jax "))
+    assert jax_line.split()[2] == "250" and jax_line.endswith(f"{jax['vaelab_over_it']:.2f}x")
+    assert json.loads((tmp_path / "p.json").read_text())["peers"][3]["samples_per_s"] == 250.0
+
+
+def test_bench_flop_count_of_the_iwae_step_is_the_derived_one():
+    """The comment in bench.run_peers derives 63,027,200 FLOPs per digit for k=50."""
+    from vaelab import bench
+
+    assert bench.flops_per_example("iwae", 50, 100, (200, 200), 50) == 63_027_200
+
+
+def test_bench_peers_without_a_peer_script_is_one_line_and_exit_2(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-m", "vaelab.bench", "--peers", "--peer-script",
+                          str(tmp_path / "absent.py")], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "absent.py" in res.stderr
+    assert "--peer-script PATH" in res.stderr

@@ -11,6 +11,9 @@ TFP's own Bernoulli log_prob) in a process of its own, next to the defaults.
 
 `--backend jax` times the same code on Keras' JAX backend (TFP's JAX substrate); the
 backend is chosen before Keras is imported, so this module imports Keras lazily.
+
+`--peers` times the IWAE training step against hand-written PyTorch and JAX steps (a peer
+script outside the project, run in subprocesses) in one invocation and prints the ratios.
 """
 from __future__ import annotations
 
@@ -23,11 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 from . import registry
-from .config import parse_params
+from .config import UserError, parse_params
 
 THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -212,6 +216,97 @@ def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
 
 
 # ---------------------------------------------------------------------------------------
+# peers: hand-written steps a user would otherwise write, timed beside the project's
+
+PEER_FRAMEWORKS = ("torch", "torch-compile", "jax")
+# the peer script lives beside the repository, never in it: the project must not need it
+DEFAULT_PEER_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "peer_iwae.py"
+
+
+def peer_script(path: str | None) -> Path:
+    script = Path(path) if path else DEFAULT_PEER_SCRIPT
+    if not script.is_file():
+        raise UserError(
+            f"no peer script at {script}: pass --peer-script PATH, a script run as `PYTHON PATH "
+            f"{'|'.join(PEER_FRAMEWORKS)} --k K --batch B --steps N` that prints one JSON line "
+            f"with samples_per_s (the team's is shared/bench/peer_iwae.py, beside the repository)")
+    return script
+
+
+def run_peer(python: str, script: Path, framework: str, k: int, batch: int,
+             steps: int) -> dict:
+    """One peer in its own process: its JSON line, or {"skipped": why} when its framework
+    is not installed for `python` or the run fails (one line each, the benchmark goes on)."""
+    res = subprocess.run([python, str(script), framework, "--k", str(k), "--batch", str(batch),
+                          "--steps", str(steps)], capture_output=True, text=True)
+    errors = res.stderr.strip().splitlines()
+    last = errors[-1] if errors else f"exit status {res.returncode}"
+    if res.returncode and last.startswith("ModuleNotFoundError"):
+        return {"framework": framework, "skipped": f"not installed for {python} ({last})"}
+    if res.returncode:
+        return {"framework": framework, "skipped": f"failed: {last}"}
+    try:
+        return {"framework": framework, **json.loads(res.stdout.strip().splitlines()[-1])}
+    except (IndexError, ValueError):
+        return {"framework": framework, "skipped": f"printed no JSON line: {res.stdout[-200:]!r}"}
+
+
+def peer_table(project: dict, peers: list[dict], peak: float, flops: float) -> list[dict]:
+    """Rows of the comparison: digits/s, GFLOP/s (digits/s x `flops` per digit), share of
+    the matmul rate `peak`, and vaelab's digits/s over each row's."""
+    rows = []
+    for r in [project, *peers]:
+        if "skipped" in r:
+            rows.append(r)
+            continue
+        sps = r["samples_per_s"]
+        rows.append({**r, "gflops": sps * flops / 1e9, "of_matmul_rate": sps * flops / 1e9 / peak,
+                     "vaelab_over_it": project["samples_per_s"] / sps})
+    return rows
+
+
+def run_peers(args) -> dict:
+    from . import backend
+
+    script = peer_script(args.peer_script)
+    k, batch = args.k[0], args.batch_size[0]
+    python = args.peer_python or sys.executable
+    peak = matmul_gflops()
+    # FLOPs per digit of the 784-200-200-50 MLP step (step_matmuls, flops_per_example): a
+    # Dense layer's forward product costs 2 x rows x in x out; backward, the weight gradient
+    # and the input gradient cost as much each, except the first layer's input gradient (the
+    # digits need none). Per digit, with k samples through the decoder:
+    #   encoder 784*200 + 200*200 + 200*50 (loc) + 200*50 (scale) = 216,800 multiply-adds
+    #   decoder k * (50*200 + 200*200 + 200*784)                 = k * 206,800
+    #   forward 2 * (216,800 + k * 206,800); total 3 x forward - 2 * 784*200
+    #   k=50: 3 * 2 * 10,556,800 - 313,600 = 63,027,200 FLOPs (63 MFLOP) per digit.
+    # The peers run the same layers (one 200 -> 2*50 encoder head), so the same count holds.
+    flops = flops_per_example(args.objective, k, batch, (200, 200), 50)
+    mine = bench_train(args.objective, k, batch, args.steps, args.repeats, jit=args.jit)
+    name = f"vaelab ({backend.NAME}{', XLA' if args.jit or backend.NAME == 'jax' else ''})"
+    project = {"framework": name, "device": ", ".join(backend.devices()),
+               "samples_per_s": mine["samples_per_s"]}
+    # as many timed steps as the project's step gets (repeats x steps)
+    peers = [run_peer(python, script, f, k, batch, args.steps * args.repeats)
+             for f in args.peer_frameworks]
+    rows = peer_table(project, peers, peak, flops)
+    print(f"IWAE k={k}, batch {batch}, 784-200-200-50 MLP: {flops / 1e6:.2f} MFLOP per digit "
+          f"(forward + backward); fp32 matmul 2048x2048: {peak:,.0f} GFLOP/s; "
+          f"{os.cpu_count()} cores; peers: {script} under {python}")
+    print(f"{'run':<24} {'device':<16} {'digits/s':>9} {'GFLOP/s':>8} {'of matmul rate':>15} "
+          f"{'vaelab / it':>12}")
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['framework']:<24} skipped: {r['skipped']}")
+            continue
+        print(f"{r['framework']:<24} {r['device'][:16]:<16} {r['samples_per_s']:>9,.0f} "
+              f"{r['gflops']:>8,.1f} {100 * r['of_matmul_rate']:>14.0f}% "
+              f"{r['vaelab_over_it']:>11.2f}x")
+    return {"k": k, "batch": batch, "matmul_gflops": peak, "flops_per_digit": flops,
+            "peer_script": str(script), "peer_python": python, "peers": rows}
+
+
+# ---------------------------------------------------------------------------------------
 
 def _print_table(rows: list[dict], peak: float) -> None:
     print(f"{'benchmark':<34} {'figure':>20} {'of matmul peak':>15} {'step / of it matmuls':>22}")
@@ -297,6 +392,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, choices=(1, 2), default=1,
                    help="stochastic layers of the trained model (model.layers; k=1: "
                         f"{registry.one_sample(2)})")
+    p.add_argument("--peers", action="store_true",
+                   help="time the training step (first --k, first --batch-size) against "
+                        "hand-written PyTorch and JAX steps run by --peer-script, and print "
+                        "vaelab's digits/s over each")
+    p.add_argument("--peer-script", default=None,
+                   help="the peers' script (default: ../shared/bench/peer_iwae.py from the "
+                        "repository's root)")
+    p.add_argument("--peer-python", default=None,
+                   help="the Python that runs the peers (default: this one)")
+    p.add_argument("--peer-frameworks", nargs="+", choices=PEER_FRAMEWORKS,
+                   default=list(PEER_FRAMEWORKS))
     p.add_argument("--json", default=None, help="write the results here")
     return p
 
@@ -311,6 +417,12 @@ def _saved(path: str | None, out: dict) -> dict:
 
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
+    if args.peers:
+        peer_script(args.peer_script)  # a missing script: one line, before TF starts
+        if (args.objective != registry.of_family("iwae")[0] or args.levers is not None
+                or args.layers != 1 or len(args.backend or []) > 1):
+            raise UserError("--peers times the one-layer IWAE step (the peers' model) on one "
+                            "backend: drop --objective, --levers, --layers and extra --backend")
 
     if args.backend is not None and len(args.backend) > 1:
         if args.levers is not None:
@@ -330,6 +442,9 @@ def main(argv=None) -> dict:
         skip = {"--levers"} | set(LEVERS)
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in skip]
         return _saved(args.json, {"levers": run_levers(args.levers or list(LEVERS), passthrough)})
+
+    if args.peers:
+        return _saved(args.json, run_peers(args))
 
     if args.tfp_bernoulli:
         models.BernoulliLogits = models.tfd.Bernoulli
