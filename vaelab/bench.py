@@ -415,15 +415,20 @@ def _saved(path: str | None, out: dict) -> dict:
     return out
 
 
+def _check_peers(args) -> None:
+    """Before TensorFlow starts: the peer script exists, and nothing asks for a step the peers
+    do not have."""
+    peer_script(args.peer_script)  # a missing script: one line
+    if (args.objective != registry.of_family("iwae")[0] or args.levers is not None
+            or args.layers != 1 or len(args.backend or []) > 1):
+        raise UserError("--peers times the one-layer IWAE step (the peers' model) on one "
+                        "backend: drop --objective, --levers, --layers and extra --backend")
+
+
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
     if args.peers:
-        peer_script(args.peer_script)  # a missing script: one line, before TF starts
-        if (args.objective != registry.of_family("iwae")[0] or args.levers is not None
-                or args.layers != 1 or len(args.backend or []) > 1):
-            raise UserError("--peers times the one-layer IWAE step (the peers' model) on one "
-                            "backend: drop --objective, --levers, --layers and extra --backend")
-
+        _check_peers(args)
     if args.backend is not None and len(args.backend) > 1:
         if args.levers is not None:
             raise SystemExit("bench: error: --levers and several --backend: time the levers "
