@@ -357,6 +357,16 @@ def test_export_round_trip_rebuilds_log_w_with_plain_keras(vae, x, tmp_path):
     np.testing.assert_allclose(np.asarray(lw2), lw, rtol=1e-6, atol=1e-4)
 
 
+def test_reconstruct_builds_on_a_symbolic_input(vae, x):
+    """The logged MLflow model is keras.Model(x_in, vae.reconstruct(x_in)) (vaelab.fit): it
+    builds for two layers (p_x, one output, returns a list when called symbolically) and
+    gives the eager reconstruction."""
+    x_in = keras.Input((784,))
+    net = keras.Model(x_in, vae.reconstruct(x_in))
+    np.testing.assert_allclose(np.asarray(net(x)),
+                               np.asarray(vae.reconstruct(ops.convert_to_tensor(x))), rtol=1e-6)
+
+
 def direct_active_units(vae, x):
     """Burda et al.'s count, Var_x E_q[u] > 0.01, per layer, from the sub-networks' outputs:
     h1 in units of its prior's std (models.VAE.prior_std, tested against prior draws above),

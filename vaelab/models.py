@@ -165,8 +165,9 @@ def make_decode(decoder: keras.Model, kind: str):
 
 def decoder_mean(decoder: keras.Model, kind: str, z):
     """E[x|z] [B, 784]: the picture a sample from the model shows."""
-    out = decoder(z)
-    return ops.sigmoid(_float(out)) if kind == "bernoulli" else _float(out[0])
+    # a list also for one output when called on a symbolic input (the two-layer p_x)
+    first = _float(_outputs(decoder(z))[0])  # logits, or the Gaussian's loc
+    return ops.sigmoid(first) if kind == "bernoulli" else first
 
 
 # ---------------------------------------------------------------------------------------
