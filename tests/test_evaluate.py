@@ -10,7 +10,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vaelab import evaluate, models, report  # noqa: E402
+from vaelab import backend, evaluate, models, report  # noqa: E402
 from vaelab.config import EvaluateConfig, ModelConfig  # noqa: E402
 
 
@@ -24,6 +24,22 @@ def loaded(latent=6, hidden=(16,), seed=0):
 
 def binary(n, seed=0):
     return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
+
+
+def test_compiled_functions_are_made_once_per_model_and_key():
+    """models.VAE.compiled: one build (one trace) per key on a model, none shared between
+    models (each closes over its own networks)."""
+    m, builds = loaded(), []
+
+    def build(p_z, decode):
+        builds.append((p_z, decode))
+        return lambda xb: decode(p_z.sample(1, seed=backend.seed(0))).log_prob(xb)
+
+    f = m.compiled("a", build)
+    assert m.compiled("a", build) is f and len(builds) == 1
+    assert m.compiled("b", build) is not f and len(builds) == 2
+    assert builds[0][0] is m.prior()  # the model's own p(z)
+    assert loaded(seed=1).compiled("a", build) is not f and len(builds) == 3
 
 
 def test_active_units_counts_units_whose_mean_varies_across_x():
