@@ -56,12 +56,12 @@ def main():
         seen.add(name)
     if folders:
         use_backend(params.train.backend)
-        from vaelab import data, evaluate, provenance
+        from vaelab import data, evaluate, models, provenance
 
         test = data.load_prepared(args.data, "test")
         loaded = []
         for f in folders:  # against its own weights and the digits it is scored on
-            m = evaluate.Loaded.from_folder(f)
+            m = models.VAE.from_folder(f)
             provenance.check_weights(f, m.info)
             provenance.check_disjoint(f, m.info, args.data, test["x"][:cfg.n_test])
             loaded.append(m)

@@ -24,14 +24,14 @@ def main():
     args = p.parse_args()
     params = load_params(args.params)
     use_backend(params.train.backend)  # before anything imports Keras
-    from vaelab import data, evaluate, measurements, tracking
+    from vaelab import data, evaluate, measurements, models, tracking
     cfg, folder = params.evaluate, Path(args.model)
     name = folder.name
     check_cost(params, warn_as="evaluate")
     client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
     # A missing, damaged or failed (diverged, interrupted) model stops it here.
     log = tracking.RunLogger.of_model(folder, client)
-    m = evaluate.Loaded.from_folder(folder)
+    m = models.VAE.from_folder(folder)
     test = data.load_prepared(args.data, "test")
     n_train = len(data.load_prepared(args.data, "train")["y"])
     if clipped_prior_k(cfg) != cfg.prior_k:

@@ -27,7 +27,7 @@ def main():
     params = load_params(args.params)
     cfg = sample_overrides(params.sample, args.count, args.seed)
     use_backend(params.train.backend)  # before anything imports Keras
-    from vaelab import evaluate, figures, measurements, tracking
+    from vaelab import evaluate, figures, measurements, models, tracking
     from vaelab.cost import check_cost
     check_cost(dataclasses.replace(params, sample=cfg), warn_as="sample")
     folder = Path(args.model)
@@ -38,7 +38,7 @@ def main():
         # written or logged
         client, _ = tracking.connect(params.mlflow.experiment)
         log = tracking.RunLogger.of_model(folder, client)
-    m = evaluate.Loaded.from_folder(folder)
+    m = models.VAE.from_folder(folder)
     path = Path(args.out or f"samples/{name}.png")
     figures.save_grid(path, evaluate.prior_samples_of(m, cfg.n, cfg.seed),
                       title=f"{name}: {cfg.n} samples from the prior, decoded (E[x|z])")

@@ -76,7 +76,7 @@ SCRIPT = textwrap.dedent("""
             r = train.train(run, x[:600], x[600:700], progress=train.Progress("m", 1, io.StringIO()))
             models.save(root / backend.NAME, r.encoder, r.decoder, run.as_flat_dict())
         else:  # evaluate the model another backend (or this one) trained
-            m = evaluate.Loaded.from_folder(root / job)
+            m = models.VAE.from_folder(root / job)
             loc, scale = models.posterior_params(m.encoder, probe)
             lw, _ = evaluate.log_weights(m, xb, {K}, 100, {N}, seed=3)
             np.savez(root / f"{{job}}_on_{{backend.NAME}}.npz", loc=loc, scale=scale, lw=lw,

@@ -10,20 +10,36 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vaelab import evaluate, models, report  # noqa: E402
+from vaelab import backend, evaluate, models, report  # noqa: E402
 from vaelab.config import EvaluateConfig, ModelConfig  # noqa: E402
 
 
 def loaded(latent=6, hidden=(16,), seed=0):
     keras.utils.set_random_seed(seed)
     cfg = ModelConfig(latent=latent, hidden=hidden)
-    return evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
-                           {"model.decoder": "bernoulli", "model.latent": latent,
+    return models.VAE(models.build_encoder(cfg), models.build_decoder(cfg),
+                      info={"model.decoder": "bernoulli", "model.latent": latent,
                             "objective": "iwae", "k": 3})
 
 
 def binary(n, seed=0):
     return (np.random.default_rng(seed).random((n, 784)) < 0.3).astype(np.float32)
+
+
+def test_compiled_functions_are_made_once_per_model_and_key():
+    """models.VAE.compiled: one build (one trace) per key on a model, none shared between
+    models (each closes over its own networks)."""
+    m, builds = loaded(), []
+
+    def build(p_z, decode):
+        builds.append((p_z, decode))
+        return lambda xb: decode(p_z.sample(1, seed=backend.seed(0))).log_prob(xb)
+
+    f = m.compiled("a", build)
+    assert m.compiled("a", build) is f and len(builds) == 1
+    assert m.compiled("b", build) is not f and len(builds) == 2
+    assert builds[0][0] is m.prior()  # the model's own p(z)
+    assert loaded(seed=1).compiled("a", build) is not f and len(builds) == 3
 
 
 def test_active_units_counts_units_whose_mean_varies_across_x():
@@ -273,32 +289,31 @@ def test_claim_2_scores_each_model_by_the_estimator_its_objective_fixes():
 
 
 def _loss_check_case(objective, k=5):
-    m = evaluate.Loaded("m", None, None, {"model.decoder": "bernoulli", "model.latent": 2,
-                                          "objective": objective, "k": k})
+    info = {"model.decoder": "bernoulli", "model.latent": 2, "objective": objective, "k": k}
     rng = np.random.default_rng(0)
     log_w = rng.normal(-100.0, 1.0, size=(20, 30)).astype(np.float32)  # posterior, [K, N]
     prior_lw = rng.normal(-130.0, 5.0, size=(20, 30)).astype(np.float32)  # prior, [K, N]
-    return m, log_w, prior_lw
+    return info, log_w, prior_lw
 
 
 @pytest.mark.parametrize("nll,nll_prior", [(100.0, 130.0), (130.0, 100.0)])
 def test_loss_check_picks_the_reference_by_objective_not_by_value(nll, nll_prior):
-    m, log_w, prior_lw = _loss_check_case("prior_mc")
-    r = evaluate.loss_check(m, log_w, prior_lw, nll, nll_prior)
+    info, log_w, prior_lw = _loss_check_case("prior_mc")
+    r = evaluate.loss_check(info, log_w, prior_lw, nll, nll_prior)
     assert r["nll_ref"] == nll_prior and r["_nll_ref_by"] == "prior sampling, k=20"
     assert np.isfinite(r["nll_ref_se"]) and np.isfinite(r["loss_se"])
-    m, log_w, prior_lw = _loss_check_case("iwae")
-    r = evaluate.loss_check(m, log_w, prior_lw, nll, nll_prior)
+    info, log_w, prior_lw = _loss_check_case("iwae")
+    r = evaluate.loss_check(info, log_w, prior_lw, nll, nll_prior)
     assert r["nll_ref"] == nll and r["_nll_ref_by"] == "NLL, L_20"
 
 
 def test_loss_check_without_enough_samples_of_the_own_sampler_is_unmeasured():
     # prior_mc with k=50 and 20 prior samples: no fallback to the posterior NLL
-    m, log_w, prior_lw = _loss_check_case("prior_mc", k=50)
-    r = evaluate.loss_check(m, np.concatenate([log_w] * 5), prior_lw, 100.0, 130.0)
+    info, log_w, prior_lw = _loss_check_case("prior_mc", k=50)
+    r = evaluate.loss_check(info, np.concatenate([log_w] * 5), prior_lw, 100.0, 130.0)
     assert r["_nll_ref_by"] == "" and r["nll_ref"] == 130.0
-    m, log_w, prior_lw = _loss_check_case("iwae", k=50)
-    assert evaluate.loss_check(m, log_w, prior_lw, 100.0, 130.0)["_nll_ref_by"] == ""
+    info, log_w, prior_lw = _loss_check_case("iwae", k=50)
+    assert evaluate.loss_check(info, log_w, prior_lw, 100.0, 130.0)["_nll_ref_by"] == ""
 
 
 def test_mean_se_matches_the_standard_error_of_a_mean():
@@ -365,8 +380,8 @@ def _constant_decoder(background_loc, background_scale, latent=2):
     extra = np.where(fg, 0.3, background_scale) - models.SCALE_FLOOR  # softplus^-1 below
     set_out("scale_softplus", np.where(extra > 1e-12, np.log(np.expm1(np.maximum(extra, 1e-12))),
                                        -40.0))
-    return evaluate.Loaded("g", enc, dec, {"model.decoder": "gaussian", "model.latent": latent,
-                                           "objective": "iwae", "k": 1})
+    return models.VAE(enc, dec, info={"model.decoder": "gaussian", "model.latent": latent,
+                                      "objective": "iwae", "k": 1}, name="g")
 
 
 def _nll(m, x):
@@ -422,8 +437,8 @@ def test_gaussian_decoder_trains_and_evaluates_on_grey_values():
     x, _ = data.load_source("mnist5k")
     result = train.train(params.models["g"], x[:300], x[300:400])
     assert all(np.isfinite(h["valid_bound"]) for h in result.history)
-    m = evaluate.Loaded("g", result.encoder, result.decoder,
-                        {"model.decoder": "gaussian", "model.latent": 4, "objective": "iwae",
+    m = models.VAE(result.encoder, result.decoder, name="g",
+                   info={"model.decoder": "gaussian", "model.latent": 4, "objective": "iwae",
                          "k": 3})
     test = {"x": x[400:420], "xb": data.binarize(x[400:420], "static", 0)}
     grey = evaluate.test_inputs(test, "gaussian")

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from keras import ops  # noqa: E402
 
-from vaelab import backend, evaluate, models, objectives, train  # noqa: E402
+from vaelab import backend, card, evaluate, models, objectives, train  # noqa: E402
 from vaelab.config import EvaluateConfig, ModelConfig, ParamsError, parse_params  # noqa: E402
 from vaelab.objectives import iwae  # noqa: E402
 
@@ -132,9 +132,7 @@ def test_two_layer_rate_is_the_kl_of_the_joint_posterior_to_the_joint_prior(vae,
     se = np.sqrt(want_se**2 + per.var(0, ddof=1) / k)
     assert np.all(np.abs(per.mean(0) - want) < 5 * se), (per.mean(0), want, se)
     # the evaluate stage's two-layer rate: the last chunk's k samples per digit
-    m = evaluate.Loaded("m", vae.encoder, vae.decoder,
-                        {"model.decoder": "bernoulli", "model.latent": 3, "model.layers": 2})
-    _, kl = evaluate.log_weights(m, x, 2 * k, k, B, seed=4)
+    _, kl = evaluate.log_weights(vae, x, 2 * k, k, B, seed=4)
     se = np.sqrt(want_se**2 + per.var(0, ddof=1) / k)
     assert np.all(np.abs(kl - want) < 5 * se), (kl, want, se)
     # power: the rate is several nats per digit and its error a small fraction of one
@@ -338,7 +336,7 @@ EXPORT_CHECK = textwrap.dedent("""
 def test_export_round_trip_rebuilds_log_w_with_plain_keras(vae, x, tmp_path):
     """models.save -> a fresh Python with plain Keras (no vaelab) loads encoder.keras and
     decoder.keras and rebuilds log w at given (h1, h2) as the library computes it; the
-    library's Loaded from the same folder gives the same log w too."""
+    library's models.VAE.from_folder gives the same log w too."""
     info = {"model.decoder": "bernoulli", "model.latent": 3, "model.layers": 2,
             "model.h1_latent": 5, "model.h1_hidden": [7]}
     models.save(tmp_path, vae.encoder, vae.decoder, info)
@@ -350,11 +348,21 @@ def test_export_round_trip_rebuilds_log_w_with_plain_keras(vae, x, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "lw.npy"), lw, rtol=1e-5, atol=1e-3)
 
-    m = evaluate.Loaded.from_folder(tmp_path)
-    assert m.vae.layers == 2
-    q, (p_z, decode) = m.vae.posterior(ops.convert_to_tensor(x)), m.parts()
-    lw2 = decode(z).log_prob(x) + p_z.log_prob(z) - q.log_prob(z)
+    m = models.VAE.from_folder(tmp_path)
+    assert m.layers == 2 and m.latent == 3 and m.name == tmp_path.name
+    q, p_z = m.posterior(ops.convert_to_tensor(x)), m.prior()
+    lw2 = m.decode(z).log_prob(x) + p_z.log_prob(z) - q.log_prob(z)
     np.testing.assert_allclose(np.asarray(lw2), lw, rtol=1e-6, atol=1e-4)
+
+
+def test_reconstruct_builds_on_a_symbolic_input(vae, x):
+    """The logged MLflow model is keras.Model(x_in, vae.reconstruct(x_in)) (vaelab.fit): it
+    builds for two layers (p_x, one output, returns a list when called symbolically) and
+    gives the eager reconstruction."""
+    x_in = keras.Input((784,))
+    net = keras.Model(x_in, vae.reconstruct(x_in))
+    np.testing.assert_allclose(np.asarray(net(x)),
+                               np.asarray(vae.reconstruct(ops.convert_to_tensor(x))), rtol=1e-6)
 
 
 def direct_active_units(vae, x):
@@ -393,17 +401,17 @@ def test_two_layer_training_and_evaluation(objective, k, entry, digits):
         np.testing.assert_array_equal(a, b)
     h = out[0].history[-1]
     assert np.isfinite(h["valid_Lk"]) and np.isfinite(h["train_bound"])
-    m = evaluate.Loaded("m", out[0].encoder, out[0].decoder, run.as_flat_dict())
+    m = models.VAE(out[0].encoder, out[0].decoder, info=run.as_flat_dict())
     # the logged active units per layer are Burda's count on the validation digits as fed
     xv = train.eval_inputs(digits[120:], run.data.binarize, run.data.seed + 3)
-    n1, n2 = direct_active_units(m.vae, xv)
+    n1, n2 = direct_active_units(m, xv)
     assert (h["valid_active_units_h1"], h["valid_active_units_h2"]) == (n1, n2)
     assert h["valid_active_units"] == n1 + n2
     xb = (digits[120:150].reshape(30, -1) > 127).astype(np.float32)
     lw, kl = evaluate.log_weights(m, xb, 20, 10, 15, 1)
     assert lw.shape == (20, 30) and np.isfinite(lw).all() and np.isfinite(kl).all()
     st = evaluate.posterior_stats(m, xb)
-    n1, n2 = direct_active_units(m.vae, xb)
+    n1, n2 = direct_active_units(m, xb)
     assert (st["active_units_h1"], st["active_units_h2"], st["active_units"]) == (n1, n2, n1 + n2)
     assert evaluate.prior_log_likelihoods(m, xb, 12, 5, 15, 0).shape == (12, 30)
     assert evaluate.prior_samples_of(m, 4, 0).shape == (4, 784)
@@ -451,13 +459,13 @@ def test_config_errors(edit, words):
 def test_entries_resolve_with_their_layers_and_options(layers, entry, options):
     """What each entry parses to with one or two layers: its objective, k, layers and the
     options that reach the objective function, and a model.json that round-trips through
-    JSON and rebuilds the same options (what evaluate.Loaded.options reads back)."""
+    JSON and rebuilds the same options (what models.VAE.options reads back)."""
     run = tiny_params(layers=layers, **entry).models["m"]
     assert (run.objective, run.k, run.model.layers) == (entry["objective"], entry["k"], layers)
     assert run.options() == options
     flat = json.loads(json.dumps(run.as_flat_dict()))
     assert flat.get("model.layers", 1) == layers
-    assert evaluate.Loaded("m", None, None, flat).options == options
+    assert card.ModelCard.from_info(flat).options == options
     fn = objectives.objective(run.objective, **run.options())
     assert getattr(fn, "keywords", {}) == options
 

@@ -70,7 +70,7 @@ def the_run(root: Path):
 
 
 def test_by_hand_the_flags_decide_and_the_training_run_is_left_alone(folder):
-    from vaelab import evaluate
+    from vaelab import evaluate, models
 
     before = the_run(folder)
     out = sample(folder, "--count", 4, "--seed", 7, "--out", "mine/grid.png",
@@ -80,7 +80,7 @@ def test_by_hand_the_flags_decide_and_the_training_run_is_left_alone(folder):
     assert not (folder / "samples").exists()  # not the pipeline's grid
     with np.load(folder / "mine" / "digits.npz") as z:
         got = z["samples"]
-    m = evaluate.Loaded.from_folder(folder / "models" / "vae")
+    m = models.VAE.from_folder(folder / "models" / "vae")
     np.testing.assert_allclose(got, evaluate.prior_samples_of(m, 4, 7), atol=1e-6)
     assert not np.allclose(got, evaluate.prior_samples_of(m, 4, 1), atol=1e-3)
     after = the_run(folder)

@@ -9,7 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vaelab import evaluate, models, snr  # noqa: E402
+from vaelab import models, snr  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
 
 
@@ -80,9 +80,7 @@ def test_rainforth_toy_slopes_match_the_theory():
 def test_model_snr_on_a_small_keras_model():
     keras.utils.set_random_seed(0)
     cfg = ModelConfig(latent=4, hidden=(8,))
-    m = evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
-                        {"model.decoder": "bernoulli", "model.latent": 4, "objective": "iwae",
-                         "k": 3})
+    m = models.VAE(models.build_encoder(cfg), models.build_decoder(cfg), "bernoulli")
     x = (np.random.default_rng(0).random((3, 784)) < 0.3).astype(np.float32)
     x[:, :100] = 0.0  # pixels off in every digit: their first-layer encoder weights are 0/0
     out = snr.model_snr(m, x, (1, 5), ("standard", "stl"), digits=2, repeats=4, seed=0)
@@ -106,8 +104,7 @@ def test_model_draws_are_fresh_gradients_of_the_iwae_loss():
     (-1, 0) where x_j = 1 (a wrong sign, target or variable order breaks it)."""
     keras.utils.set_random_seed(0)
     cfg = ModelConfig(latent=4, hidden=(8,))
-    m = evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
-                        {"model.decoder": "bernoulli", "model.latent": 4})
+    m = models.VAE(models.build_encoder(cfg), models.build_decoder(cfg), "bernoulli")
     x = (np.random.default_rng(3).random((2, 784)) < 0.3).astype(np.float32)
     draws = snr.model_draws(m, x, repeats=6, seed=0)
     a, b = draws(1, 5, "standard", 11), draws(1, 5, "standard", 11)

@@ -78,12 +78,11 @@ def test_training_step_with_fast_bernoulli_equals_tfp_bernoulli(monkeypatch):
 def test_chunked_log_weights_equal_the_objectives_log_weights():
     keras.utils.set_random_seed(2)
     cfg = ModelConfig(latent=3, hidden=(12,))
-    m = evaluate.Loaded("m", models.build_encoder(cfg), models.build_decoder(cfg),
-                        {"model.decoder": "bernoulli", "model.latent": 3})
+    m = models.VAE(models.build_encoder(cfg), models.build_decoder(cfg), "bernoulli")
     x = binary((6, 784), seed=3)
     chunk = 4
     fast, kl = evaluate.log_weights(m, x, k=chunk, chunk=chunk, batch_size=6, seed=5)
-    p_z, decode = m.parts()
+    p_z, decode = m.prior(), m.decode
     xb = tf.constant(x)
     q = models.posterior(m.encoder, xb)
     # evaluate.log_weights seeds batch 0, chunk 0 with [seed, 0]
@@ -119,7 +118,7 @@ def test_mixed_bfloat16_model_gives_float32_log_probs_close_to_float32(tmp_path)
 
 
 def test_xla_evaluation_computes_the_same_bound_with_other_random_numbers():
-    """Why XLA (train.jit, evaluate.Loaded.jit) stays off by default, and why it is still
+    """Why XLA (train.jit, models.VAE.jit) stays off by default, and why it is still
     correct: under XLA, TF's stateless RNG draws other samples for the same seed (so a jit
     run's numbers differ), but the compiled function is the same maths. On one tiny model:
     the analytic KL (no sampling) agrees to float precision, the log-weights are other draws,
@@ -129,10 +128,9 @@ def test_xla_evaluation_computes_the_same_bound_with_other_random_numbers():
     keras.utils.set_random_seed(2)
     cfg = ModelConfig(latent=3, hidden=(12,))
     enc, dec = models.build_encoder(cfg), models.build_decoder(cfg)
-    info = {"model.decoder": "bernoulli", "model.latent": 3}
     x = binary((20, 784), seed=3)
     k = 400
-    out = {jit: evaluate.log_weights(evaluate.Loaded("m", enc, dec, info, jit=jit), x, k,
+    out = {jit: evaluate.log_weights(models.VAE(enc, dec, "bernoulli", jit=jit), x, k,
                                      100, 20, seed=5) for jit in (False, True)}
     (lw, kl), (lw_x, kl_x) = out[False], out[True]
     np.testing.assert_allclose(kl_x, kl, rtol=1e-5)

@@ -76,7 +76,7 @@ def test_training_improves_the_bound_by_far_more_than_its_monte_carlo_error(digi
     xb = vtrain.eval_inputs(x_valid, "static", 7)
 
     def elbo(model) -> tuple[np.ndarray, np.ndarray]:
-        m = evaluate.Loaded("m", model.encoder, model.decoder, run.as_flat_dict())
+        m = models.VAE(model.encoder, model.decoder, info=run.as_flat_dict())
         lw, _ = evaluate.log_weights(m, xb, 20, 20, 100, seed=3)
         return lw.mean(0), lw.var(0, ddof=1) / len(lw)  # per digit, and its variance
 

@@ -17,8 +17,6 @@ bits and the same random numbers:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import keras
@@ -31,58 +29,6 @@ from .backend import tfd
 from .config import EvaluateConfig, clipped_prior_k
 from . import objectives
 from .objectives import iwae_from_log_weights
-
-
-@dataclass
-class Loaded:
-    """A trained model read back from its folder: what every measurement needs."""
-
-    name: str
-    encoder: keras.Model
-    decoder: keras.Model
-    info: dict
-    jit: bool = False  # TF only, XLA: L_5000 4x slower on the CPU (vaelab.bench --levers xla)
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> "Loaded":
-        enc, dec, info = models.load(folder)
-        return cls(Path(folder).name, enc, dec, info)
-
-    @property
-    def kind(self) -> str:
-        return self.info["model.decoder"]
-
-    @property
-    def options(self) -> dict:
-        """The objective's per-model options as trained (model.json), the names its registry
-        entry declares (vaelab.registry: m, beta, estimator, ...)."""
-        spec = registry.spec_of(self.info)
-        names = spec.hparam_names if spec else ()
-        return {n: self.info[n] for n in names if n in self.info}
-
-    @property
-    def latent(self) -> int:
-        """The prior's latent size (two layers: h2's)."""
-        return int(self.info["model.latent"])
-
-    @cached_property
-    def vae(self) -> models.VAE:
-        """The networks as the one model object training uses (any number of layers)."""
-        return models.VAE(self.encoder, self.decoder, self.kind)
-
-    def parts(self):
-        """(p_z, decode) for the objectives."""
-        if int(self.info.get("model.layers", 1)) == 1:  # as always: no network behind p(z)
-            return models.prior(self.latent), models.make_decode(self.decoder, self.kind)
-        return self.vae.prior(), self.vae.decode
-
-    def compiled(self, key, build):
-        """A compiled function (tf.function or jax.jit) made once per model and key, so
-        repeated calls (batches, repeats, the benchmark) reuse one trace."""
-        cache = self.__dict__.setdefault("_compiled", {})
-        if key not in cache:
-            cache[key] = backend.compile(build(*self.parts()), self.vae.variables, self.jit)
-        return cache[key]
 
 
 def test_inputs(test: dict, kind: str, seed: int = 0) -> np.ndarray:
@@ -98,7 +44,7 @@ def test_inputs(test: dict, kind: str, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # log-weights and the L_k family
 
-def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, seed: int):
+def log_weights(m: models.VAE, x: np.ndarray, k: int, chunk: int, batch_size: int, seed: int):
     """log w = log p(x|z) + log p(z) - log q(z|x) for k posterior samples per example,
     float32 [k, N], computed `chunk` samples at a time so memory is bounded by
     chunk * batch_size * 784 floats whatever k is. Also returns the analytic KL [N] (two
@@ -118,12 +64,12 @@ def log_weights(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int, s
     return out, kl
 
 
-def _log_weights_fn(m: Loaded, p_z, decode, chunk):
+def _log_weights_fn(m: models.VAE, p_z, decode, chunk):
     def chunk_fn(xb, s):
-        q = m.vae.posterior(xb)
+        q = m.posterior(xb)
         z = q.sample(chunk, seed=s)  # [chunk, B, latent] (two layers: {h1, h2} of them)
         log_px_z = decode(z).log_prob(xb)  # [chunk, B]
-        if m.vae.layers > 1:
+        if m.layers > 1:
             log_pz, log_qz = p_z.log_prob(z), q.log_prob(z)
             return log_px_z + log_pz - log_qz, backend.mean(log_qz - log_pz, 0)
         return log_px_z + p_z.log_prob(z) - q.log_prob(z), tfd.kl_divergence(q, p_z)
@@ -174,11 +120,11 @@ def bound_ladder(log_w: np.ndarray, ks) -> dict[int, float]:
 # ---------------------------------------------------------------------------------------
 # the posterior
 
-def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
+def posterior_stats(m: models.VAE, x: np.ndarray) -> dict:
     """Active units and the width of q(z|x) on them. Two stochastic layers: per layer too
     (`active_units_h1`, `_h2`, `posterior_std_median_h1`, `_h2`; h2's at h1 = E_q[h1|x],
     models.VAE.posterior_params), the other figures over both layers' units."""
-    layers = m.vae.posterior_params(x)  # [(loc, scale) [N, d]] per layer
+    layers = m.posterior_params(x)  # [(loc, scale) [N, d]] per layer
     per_layer = {}
     if len(layers) > 1:
         for i, (loc_i, scale_i) in enumerate(layers, 1):
@@ -204,12 +150,12 @@ def posterior_stats(m: Loaded, x: np.ndarray) -> dict:
 # ---------------------------------------------------------------------------------------
 # prior sampling (eq. 7) as an estimator of log p(x)
 
-def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_size: int,
+def prior_log_likelihoods(m: models.VAE, x: np.ndarray, k: int, chunk: int, batch_size: int,
                           seed: int) -> np.ndarray:
     """log p(x|z_i) for k draws z_i ~ p(z) shared by all examples, as in eq. (7). [k, N].
     Grouped like log-weights (`bound_ladder`), it gives eq. (7)'s estimate for every k."""
     # [k, latent] (two layers: {h1, h2}, h1 drawn from p(h1|h2))
-    z = m.parts()[0].sample(k, seed=backend.seed(seed, 7))
+    z = m.prior().sample(k, seed=backend.seed(seed, 7))
     # [chunk, 1, 784] against [B, 784] broadcasts to [chunk, B]
     chunk_fn = m.compiled(("prior", chunk), lambda p_z, decode: (
         lambda zc, xb: decode(keras.tree.map_structure(lambda t: t[:, None], zc)).log_prob(xb)))
@@ -224,15 +170,15 @@ def prior_log_likelihoods(m: Loaded, x: np.ndarray, k: int, chunk: int, batch_si
     return out
 
 
-def own_bound(m: Loaded, x: np.ndarray, seed: int, batch_size: int = 100) -> float:
+def own_bound(m: models.VAE, x: np.ndarray, seed: int, batch_size: int = 100) -> float:
     """The model's training objective (its own k) on x: the L it minimised."""
-    p_z, decode = m.parts()
+    p_z, decode = m.prior(), m.decode
     objective = objectives.objective(m.info["objective"], **m.options)
     k = int(m.info["k"])
     total = 0.0
     for i in range(0, len(x), batch_size):
         xb = ops.convert_to_tensor(x[i:i + batch_size])
-        q = m.vae.posterior(xb)
+        q = m.posterior(xb)
         total += float(ops.sum(objective(xb, q, p_z, decode, k, backend.seed(seed, i)).bound))
     return total / len(x)
 
@@ -241,19 +187,19 @@ def own_bound(m: Loaded, x: np.ndarray, seed: int, batch_size: int = 100) -> flo
 
 def prior_samples(folder: str | Path, n: int, seed: int) -> np.ndarray:
     """n digits from the model in `folder`: z ~ p(z), shown as E[x|z]. [n, 784] in [0, 1]."""
-    return prior_samples_of(Loaded.from_folder(folder), n, seed)
+    return prior_samples_of(models.VAE.from_folder(folder), n, seed)
 
 
-def prior_samples_of(m: Loaded, n: int, seed: int) -> np.ndarray:
-    return np.asarray(m.vae.sample(n, backend.seed(seed, 0)))  # z ~ p(z), E[x|z]
+def prior_samples_of(m: models.VAE, n: int, seed: int) -> np.ndarray:
+    return np.asarray(m.sample(n, backend.seed(seed, 0)))  # z ~ p(z), E[x|z]
 
 
-def reconstructions(m: Loaded, x: np.ndarray) -> np.ndarray:
+def reconstructions(m: models.VAE, x: np.ndarray) -> np.ndarray:
     """E[x|z] at z = the posterior mean: what the model keeps of each digit. [N, 784]."""
-    return np.asarray(m.vae.reconstruct(ops.convert_to_tensor(x)))  # two layers: at E_q[h1|x]
+    return np.asarray(m.reconstruct(ops.convert_to_tensor(x)))  # two layers: at E_q[h1|x]
 
 
-def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
+def loss_check(info: dict, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
                nll_prior: float) -> dict:
     """What claim 6 (the loss upper-bounds -log p(x)) compares the loss with, and the Monte
     Carlo error of that comparison.
@@ -266,9 +212,10 @@ def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
     K = evaluate.k); for eq. (7) (prior_mc) the prior-sampling estimate at the largest k.
     `nll_ref_by` says which, "" when that sampler has fewer than the model's k samples and
     the comparison cannot be made. `loss_se`, `nll_ref_se`: standard errors of the two
-    means over the test digits, measured from the log-weights' spread (`mean_se`)."""
-    k = int(m.info["k"])
-    if registry.has(m.info, proposal="prior"):
+    means over the test digits, measured from the log-weights' spread (`mean_se`).
+    `info`: the model's card (models.VAE.info)."""
+    k = int(info["k"])
+    if registry.has(info, proposal="prior"):
         loss_se = mean_se(prior_lw, k, shared=True)
         if len(prior_lw) < k:
             return {"nll_ref": nll_prior, "nll_ref_se": float("nan"), "loss_se": loss_se,
@@ -284,7 +231,7 @@ def loss_check(m: Loaded, log_w: np.ndarray, prior_lw: np.ndarray, nll: float,
             "_nll_ref_by": f"NLL, L_{len(log_w)}"}
 
 
-def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
+def evaluate_model(m: models.VAE, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     """Every per-model measurement; arrays for the figures are under keys starting '_'."""
     x = x[:cfg.n_test]
     parts: dict[str, float] = {}  # wall seconds of each measurement (every one ends on the host)
@@ -335,7 +282,7 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     prior_lw = timed("prior", prior_log_likelihoods, m, x, max(prior_ks), min(cfg.chunk, cfg.k),
                      cfg.batch_size, cfg.seed)  # [max prior k, N]
     prior = bound_ladder(prior_lw, prior_ks)
-    out.update(loss_check(m, log_w, prior_lw, nll, -prior[max(prior_ks)]))
+    out.update(loss_check(m.info, log_w, prior_lw, nll, -prior[max(prior_ks)]))
     out["_prior_vs_posterior"] = {k: (prior[k], ladder[k]) for k in prior_ks}
     for k in prior_ks:
         out[f"logpx_prior_k{k}"] = prior[k]
@@ -344,7 +291,7 @@ def evaluate_model(m: Loaded, x: np.ndarray, cfg: EvaluateConfig) -> dict:
     return out
 
 
-def measure(m: Loaded, test: dict, n_train: int, cfg: EvaluateConfig, run: dict):
+def measure(m: models.VAE, test: dict, n_train: int, cfg: EvaluateConfig, run: dict):
     """One model's work for `evaluate@<name>`: every measurement on the test digits ->
     (the Measurements record, the arrays of the report's figures). `run`: the model's
     training run (tracking.RunLogger.describe), kept in the record for the report."""

@@ -81,7 +81,7 @@ def _one_model(name: str, entry, split: dict, cfg, epochs: int | None,
                seed: int | None) -> dict:
     """Train one model of the default run through the library and evaluate it: its time,
     split by part, and its figures."""
-    from . import backend, evaluate, train
+    from . import backend, evaluate, models, train
 
     t = dataclasses.replace(entry.train, backend=backend.NAME,
                             **({"epochs": epochs} if epochs else {}),
@@ -91,7 +91,7 @@ def _one_model(name: str, entry, split: dict, cfg, epochs: int | None,
     result = train.train(entry, split["train"]["x"], split["valid"]["x"],
                          progress=train.Progress(name, t.epochs, _io.StringIO()))
     train_s = time.perf_counter() - tic
-    m = evaluate.Loaded(name, result.encoder, result.decoder, entry.as_flat_dict())
+    m = models.VAE(result.encoder, result.decoder, info=entry.as_flat_dict(), name=name)
     tic = time.perf_counter()
     r = evaluate.evaluate_model(m, evaluate.test_inputs(split["test"], m.kind), cfg)
     eval_s = time.perf_counter() - tic

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from . import card, provenance
+from . import backend, card, provenance
 from .backend import tfd
 from .config import ModelConfig, UserError
 from .cost import n_weights  # noqa: F401 - the memory check of stages/train.py
@@ -165,8 +165,9 @@ def make_decode(decoder: keras.Model, kind: str):
 
 def decoder_mean(decoder: keras.Model, kind: str, z):
     """E[x|z] [B, 784]: the picture a sample from the model shows."""
-    out = decoder(z)
-    return ops.sigmoid(_float(out)) if kind == "bernoulli" else _float(out[0])
+    # a list also for one output when called on a symbolic input (the two-layer p_x)
+    first = _float(_outputs(decoder(z))[0])  # logits, or the Gaussian's loc
+    return ops.sigmoid(first) if kind == "bernoulli" else first
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,16 +307,27 @@ class VAE:
     """The one model object of training, evaluation, sampling and the benchmark: the two
     exported networks and the distributions built from them, for any number of stochastic
     layers. `posterior(x)` = q over all latents, `prior()` = p over all latents,
-    `decode(z)` = p(x|z) (z: a tensor, or for several layers {"h1", ..}, read at h1)."""
+    `decode(z)` = p(x|z) (z: a tensor, or for several layers {"h1", ..}, read at h1).
 
-    def __init__(self, encoder: keras.Model, decoder: keras.Model, kind: str):
-        self.encoder, self.decoder, self.kind = encoder, decoder, kind
+    A model being measured also carries its card: `info`, the flat model.json content
+    (vaelab.card.read_info: objective, k, options, model.*), and `name` (its folder's);
+    `VAE.from_folder` reads both. `kind` (bernoulli or gaussian) defaults to the card's
+    model.decoder."""
+
+    def __init__(self, encoder: keras.Model, decoder: keras.Model, kind: str | None = None, *,
+                 info: dict | None = None, name: str = "model", jit: bool = False):
+        self.info = dict(info or {})
+        self.kind = kind if kind is not None else self.info["model.decoder"]
+        self.encoder, self.decoder, self.name = encoder, decoder, name
+        # compiled() with XLA, TF only: L_5000 4x slower on the CPU (vaelab.bench --levers xla)
+        self.jit = jit
+        self._compiled: dict = {}  # compiled(): key -> compiled function
         self.layers = len(encoder.inputs)
         # made here, eagerly: a prior first built inside a traced step would hold that
         # graph's tensors
         self._prior = (prior(encoder.outputs[0].shape[-1]) if self.layers == 1
                        else prior_layers(decoder))
-        self._decode = make_decode(self.x_decoder, kind)
+        self._decode = make_decode(self.x_decoder, self.kind)
         # A training step that keeps weights and optimizer slots as arrays of its own between
         # calls (JAX, vaelab.train.make_step) sets this to write them into the Keras
         # variables; call it before reading them. A no-op otherwise.
@@ -331,6 +343,32 @@ class VAE:
         if decoder is None:
             decoder = build_decoder_layers(cfg) if deep else build_decoder(cfg)
         return cls(encoder, decoder, cfg.decoder)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> "VAE":
+        """The trained model in `folder` (encoder.keras, decoder.keras, model.json: `load`),
+        named after the folder."""
+        encoder, decoder, info = load(folder)
+        return cls(encoder, decoder, info=info, name=Path(folder).name)
+
+    @property
+    def options(self) -> dict:
+        """The objective's per-model options as trained (the card's: m, beta, estimator, ...)."""
+        return card.ModelCard.from_info(self.info).options
+
+    @property
+    def latent(self) -> int:
+        """The prior's latent size (several layers: the top layer's)."""
+        return int(self.decoder.inputs[0].shape[-1])
+
+    def compiled(self, key, build):
+        """`build(p_z, decode)` -> a function calling the networks, compiled (tf.function or
+        jax.jit) once per model and key, so repeated calls (batches, repeats, the benchmark)
+        reuse one trace."""
+        if key not in self._compiled:
+            self._compiled[key] = backend.compile(build(self.prior(), self.decode),
+                                                  self.variables, self.jit)
+        return self._compiled[key]
 
     @functools.cached_property
     def x_decoder(self) -> keras.Model:
@@ -454,6 +492,5 @@ def load(folder: str | Path) -> tuple[keras.Model, keras.Model, dict]:
 
 def load_vae(folder: str | Path) -> tuple[VAE, "card.ModelCard"]:
     """The model in `folder` as one model object, and its card."""
-    encoder, decoder, info = load(folder)
-    model_card = card.ModelCard.from_info(info, str(Path(folder) / card.FILE))
-    return VAE(encoder, decoder, model_card.model_config().decoder), model_card
+    vae = VAE.from_folder(folder)
+    return vae, card.ModelCard.from_info(vae.info, str(Path(folder) / card.FILE))

@@ -178,10 +178,10 @@ def table(result: dict) -> list[str]:
 def model_draws(m, x: np.ndarray, repeats: int, seed: int):
     """draws(point, k, estimator, seed) for measure(): `repeats` gradients of the IWAE-k
     objective on the single digit x[point], with the model's encoder and decoder.
-    m: an evaluate.Loaded."""
+    m: a models.VAE."""
     from keras import ops
 
-    from . import backend, models, objectives
+    from . import backend, objectives
 
     enc_vars, dec_vars = m.encoder.trainable_variables, m.decoder.trainable_variables
 
@@ -191,7 +191,7 @@ def model_draws(m, x: np.ndarray, repeats: int, seed: int):
 
             def target(group):
                 def loss(xb, s):
-                    b = f(xb, models.posterior(m.encoder, xb), p_z, decode, k, s)
+                    b = f(xb, m.posterior(xb), p_z, decode, k, s)
                     return -ops.mean(objectives.group_targets(b)[group])
                 return loss
 
