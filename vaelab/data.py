@@ -337,8 +337,8 @@ Pair = tuple[np.ndarray, np.ndarray]
 @dataclass(frozen=True)
 class Loader:
     read: Callable[[Path | None], Pair]  # data.path -> every digit the source holds
-    # data.path -> (training digits, published test digits or None); sources registered
-    # with published_test only
+    # data.path -> (training digits, published test digits or None); only the sources
+    # published with a test set have one
     split: Callable[[Path | None], tuple[Pair, Pair | None]] | None = None
 
 

