@@ -218,6 +218,9 @@ def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
 # peers: hand-written steps a user would otherwise write, timed beside the project's
 
 PEER_FRAMEWORKS = ("torch", "torch-compile", "jax")
+# a hung peer (a compile that never ends, a device wait) is a skip line, not a hung benchmark;
+# 30 minutes is generous for the default 100 timed steps on any machine
+PEER_TIMEOUT_S = 1800
 # the peer script lives beside the repository, never in it: the project must not need it
 DEFAULT_PEER_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "peer_iwae.py"
 
@@ -236,8 +239,12 @@ def run_peer(python: str, script: Path, framework: str, k: int, batch: int,
              steps: int) -> dict:
     """One peer in its own process: its JSON line, or {"skipped": why} when its framework
     is not installed for `python` or the run fails (one line each, the benchmark goes on)."""
-    res = subprocess.run([python, str(script), framework, "--k", str(k), "--batch", str(batch),
-                          "--steps", str(steps)], capture_output=True, text=True)
+    try:
+        res = subprocess.run([python, str(script), framework, "--k", str(k), "--batch",
+                              str(batch), "--steps", str(steps)], capture_output=True, text=True,
+                             timeout=PEER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"framework": framework, "skipped": f"no result within {PEER_TIMEOUT_S} s"}
     errors = res.stderr.strip().splitlines()
     last = errors[-1] if errors else f"exit status {res.returncode}"
     if res.returncode and last.startswith("ModuleNotFoundError"):
