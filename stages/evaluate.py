@@ -31,7 +31,7 @@ def main():
     client, _ = tracking.connect(params.mlflow.experiment)  # fail before any work
     # A missing, damaged or failed (diverged, interrupted) model stops it here.
     log = tracking.RunLogger.of_model(folder, client)
-    m = models.VAE.from_folder(folder)
+    m = models.VAE.from_folder(folder, jit=cfg.jit)
     test = data.load_prepared(args.data, "test")
     n_train = len(data.load_prepared(args.data, "train")["y"])
     if clipped_prior_k(cfg) != cfg.prior_k:

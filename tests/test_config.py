@@ -349,7 +349,7 @@ MISTAKES = [
     ("batch-size-zero", setter("train", "batch_size", 0),
      ["train.batch_size", "positive integer", "got 0"]),
     ("epochs-float", setter("train", "epochs", 10.0), ["train.epochs", "positive integer"]),
-    ("jit-string", setter("train", "jit", "yes"), ["train.jit", "true or false", "got 'yes'"]),
+    ("jit-string", setter("train", "jit", "yes"), ["train.jit", "false, fused or true", "got 'yes'"]),
     ("steps-per-execution-zero", setter("train", "steps_per_execution", 0),
      ["train.steps_per_execution", "positive integer", "got 0"]),
     # evaluate / sample / mlflow

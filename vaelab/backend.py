@@ -12,8 +12,12 @@ is never imported by vaelab (a GPU machine may have JAX only).
 """
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
+
+from vaelab.quiet import FUSED_FLAGS
 
 NAME = keras.backend.backend()
 
@@ -132,14 +136,51 @@ def value_and_grad(fn, variables):
     return tf_value_and_grad
 
 
-def compile(fn, variables, jit: bool = False):
+def compile(fn, variables, jit: bool | str = False):
     """fn(*args) calling Keras models whose weights are `variables` -> a compiled function
     of the same arguments that reads the variables' current values at each call.
-    TF: tf.function (XLA when `jit`); JAX: jax.jit, always XLA."""
+    TF: `tf_function(fn, jit)`; JAX: jax.jit, always XLA (`jit` is TF's choice)."""
     if NAME == "jax":
         compiled = jax.jit(_stateless(fn, variables))
         return lambda *args: compiled([v.value for v in variables], *args)
-    return tf.function(fn, jit_compile=jit, reduce_retracing=True)
+    return tf_function(fn, jit, reduce_retracing=True)
+
+
+JIT_MODES = (False, "fused", True)  # train.jit, evaluate.jit (vaelab.config validates them)
+
+
+def fused_ready() -> bool:
+    """Whether this process can run `jit="fused"`: TensorFlow started with quiet's XLA flags
+    (vaelab.quiet.use_backend / silence_tf set them before importing it)."""
+    flags = os.environ.get("TF_XLA_FLAGS", "").split()
+    return all(f in flags for f in FUSED_FLAGS)
+
+
+def tf_function(fn, jit: bool | str, **kwargs):
+    """fn as a TF graph. jit False: TF's own kernels; True: all of fn in XLA (jit_compile:
+    faster on the CPU, but TF's stateless RNG draws other numbers inside XLA); "fused": XLA
+    fuses only the element-wise maths and reductions (auto-clustering limited to fusible ops),
+    while the random draws and the matmuls stay TF's, so the draws are today's and only
+    rounding differs from False. TensorFlow reads the auto-clustering setting whenever it
+    runs a function (a graph made under it and run without it is run unclustered), hence
+    the setting around every call."""
+    if jit != "fused":
+        return tf.function(fn, jit_compile=bool(jit), **kwargs)
+    if not fused_ready():
+        raise RuntimeError(
+            "jit: fused needs TF_XLA_FLAGS to hold " + " ".join(FUSED_FLAGS) + " before "
+            "TensorFlow is imported (vaelab.quiet.use_backend or silence_tf sets them)")
+    graph = tf.function(fn, **kwargs)
+
+    def autoclustered(*args):
+        before = tf.config.optimizer.get_jit()
+        tf.config.optimizer.set_jit("autoclustering")
+        try:
+            return graph(*args)
+        finally:
+            tf.config.optimizer.set_jit(before or False)
+
+    return autoclustered
 
 
 def devices() -> list[str]:

@@ -40,6 +40,7 @@ THREAD_VARS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 LEVERS = {
     "defaults": ([], {}),
     "xla": (["--jit"], {}),
+    "xla-fused": (["--jit", "fused"], {}),
     "bfloat16": (["--precision", "mixed_bfloat16"], {}),
     "threads-1-2": ([], {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "2"}),
     "threads-1-1": ([], {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
@@ -143,7 +144,7 @@ def _tfdata_epoch(step, xs, order, batch_size, first_step, per_call):
 
 
 def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: int,
-                hidden=(200, 200), latent: int = 50, jit: bool = False,
+                hidden=(200, 200), latent: int = 50, jit: bool | str = False,
                 precision: str = "float32", feed: str = "gather",
                 steps_per_execution: int | None = None, layers: int = 1,
                 options: dict | None = None) -> dict:
@@ -201,7 +202,7 @@ def bench_train(objective: str, k: int, batch_size: int, steps: int, repeats: in
 
 
 def bench_eval(k: int, n_images: int, chunk: int, batch_size: int, repeats: int,
-               jit: bool = False, precision: str = "float32") -> dict:
+               jit: bool | str = False, precision: str = "float32") -> dict:
     from . import evaluate, models
 
     params = parse_params({"model": {"precision": precision},
@@ -289,7 +290,7 @@ def run_peers(args) -> dict:
     # The peers run the same layers (one 200 -> 2*50 encoder head), so the same count holds.
     flops = flops_per_example(args.objective, k, batch, (200, 200), 50)
     mine = bench_train(args.objective, k, batch, args.steps, args.repeats, jit=args.jit)
-    name = f"vaelab ({backend.NAME}{', XLA' if args.jit or backend.NAME == 'jax' else ''})"
+    name = f"vaelab ({backend.NAME}{_xla(args.jit)})"
     project = {"framework": name, "device": ", ".join(backend.devices()),
                "samples_per_s": mine["samples_per_s"]}
     # as many timed steps as the project's step gets (repeats x steps)
@@ -362,6 +363,23 @@ def run_variants(variants: list[tuple[str, list, dict]], passthrough: list[str],
     return out
 
 
+def _jit_mode(text: str) -> bool | str:
+    """--jit's value: train.jit's modes, as spelled on a command line."""
+    modes = {"false": False, "true": True, "fused": "fused"}
+    if text.lower() not in modes:
+        raise argparse.ArgumentTypeError(f"--jit takes {', '.join(modes)}, not {text!r}")
+    return modes[text.lower()]
+
+
+def _xla(jit: bool | str) -> str:
+    """How the timed code compiles, for the tables: '', ', XLA' or ', XLA fused'."""
+    from . import backend
+
+    if backend.NAME == "jax" or jit is True:
+        return ", XLA"
+    return ", XLA fused" if jit == "fused" else ""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--objective", default=registry.of_family("iwae")[0],
@@ -381,7 +399,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch", type=int, default=100, help="evaluate.batch_size")
     p.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"),
                    help="model.precision")
-    p.add_argument("--jit", action="store_true", help="time with XLA (train.jit: true)")
+    p.add_argument("--jit", nargs="?", const=True, default=False, type=_jit_mode,
+                   help="time with XLA: train.jit and evaluate.jit true (bare --jit) or fused")
     p.add_argument("--feed", default="gather", choices=("gather", "tf.data"),
                    help="how batches reach the step: gathered from the in-memory set, as "
                         "training does, or through tf.data with prefetch")
@@ -481,7 +500,7 @@ def main(argv=None) -> dict:
 
     print(f"devices: {', '.join(devices)}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, " + ", ".join(f"{k} {v}" for k, v in versions.items())
-          + f", XLA {'on' if args.jit or backend.NAME == 'jax' else 'off'}, "
+          + f", XLA {_xla(args.jit).lstrip(', ') or 'off'}, "
           f"{args.precision}, threads intra/inter-op: {'/'.join(threads.values())}, "
           f"steps per call: {args.steps_per_execution or 'params default'}, feed: {args.feed}")
     _print_table(rows, peak)

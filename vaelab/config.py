@@ -109,7 +109,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 10
     steps_per_execution: int = 4
-    jit: bool = False
+    # XLA (README, Speed): false | fused (element-wise maths fused, the same random draws as
+    # false) | true (the whole step: other random draws); vaelab.backend.tf_function
+    jit: bool | str = False
     # Keras backend of the process: results differ by random stream, so it is a param
     backend: str = "tensorflow"
     # k of the validation L_k logged every epoch for every model (next to the ELBO, L_1):
@@ -203,6 +205,8 @@ class EvaluateConfig:
     elbo_draws: int = 100
     prior_k: tuple[int, ...] = (1, 10, 100, 1000, 5000)
     seed: int = 0
+    # XLA for the measurements, as train.jit (false | fused | true)
+    jit: bool | str = False
     # the seed-to-seed std of the NLL (nats), as measured by a seed sweep (README): claim 1's
     # tolerance when this run has one seed per objective; null: not measured
     nll_seed_std: float | None = None
@@ -303,6 +307,11 @@ class _Checker:
             self.fail(key, "must be > 0", value)
         return float(value)
 
+    def jit(self, value: Any, key: str) -> bool | str:
+        if not (isinstance(value, bool) or value == "fused"):
+            self.fail(key, "must be false, fused or true (README, Speed)", value)
+        return value
+
     def choice(self, value: Any, key: str, allowed: tuple[str, ...]) -> str:
         if value not in allowed:
             close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -386,7 +395,7 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     c.integer(t.seed, f"{key}.seed", low=0)
     c.integer(t.checkpoint_every, f"{key}.checkpoint_every", low=1)
     c.integer(t.steps_per_execution, f"{key}.steps_per_execution", low=1)
-    c.boolean(t.jit, f"{key}.jit")
+    c.jit(t.jit, f"{key}.jit")
     c.choice(t.backend, f"{key}.backend", BACKENDS)
     c.integer(t.valid_k, f"{key}.valid_k", low=1)
     if t.patience is not None:
@@ -490,6 +499,7 @@ def _evaluate(c: _Checker, raw: dict) -> EvaluateConfig:
                  "elbo_draws"):
         c.integer(getattr(e, name), f"evaluate.{name}", low=1)
     c.integer(e.seed, "evaluate.seed", low=0)
+    c.jit(e.jit, "evaluate.jit")
     if e.nll_seed_std is not None:
         e = dataclasses.replace(e, nll_seed_std=c.number(e.nll_seed_std, "evaluate.nll_seed_std"))
     if e.snr_repeats < 2:

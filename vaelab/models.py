@@ -315,11 +315,12 @@ class VAE:
     model.decoder."""
 
     def __init__(self, encoder: keras.Model, decoder: keras.Model, kind: str | None = None, *,
-                 info: dict | None = None, name: str = "model", jit: bool = False):
+                 info: dict | None = None, name: str = "model", jit: bool | str = False):
         self.info = dict(info or {})
         self.kind = kind if kind is not None else self.info["model.decoder"]
         self.encoder, self.decoder, self.name = encoder, decoder, name
-        # compiled() with XLA, TF only: L_5000 4x slower on the CPU (vaelab.bench --levers xla)
+        # how compiled() compiles on TF (backend.tf_function): False, "fused" or True (all of
+        # it in XLA: L_5000 4x slower on the CPU, vaelab.bench --levers xla)
         self.jit = jit
         self._compiled: dict = {}  # compiled(): key -> compiled function
         self.layers = len(encoder.inputs)
@@ -345,11 +346,11 @@ class VAE:
         return cls(encoder, decoder, cfg.decoder)
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> "VAE":
+    def from_folder(cls, folder: str | Path, jit: bool | str = False) -> "VAE":
         """The trained model in `folder` (encoder.keras, decoder.keras, model.json: `load`),
-        named after the folder."""
+        named after the folder; `jit`: how its measurements compile (evaluate.jit)."""
         encoder, decoder, info = load(folder)
-        return cls(encoder, decoder, info=info, name=Path(folder).name)
+        return cls(encoder, decoder, info=info, name=Path(folder).name, jit=jit)
 
     @property
     def options(self) -> dict:

@@ -13,6 +13,14 @@ never imported (a GPU machine may have JAX only).
 import os
 import sys
 
+# XLA's auto-clustering on the CPU, limited to fusible ops (element-wise maths and reductions):
+# what `train.jit: fused` / `evaluate.jit: fused` turn on for their own compiled functions
+# (vaelab.backend.tf_function). TensorFlow reads these flags once, so they are set before it is
+# imported; by themselves they compile nothing: only a function run under
+# tf.config.optimizer.set_jit("autoclustering") is clustered. The random draws, never fusible,
+# stay outside XLA and draw today's numbers (inside XLA TF's stateless RNG draws others).
+FUSED_FLAGS = ("--tf_xla_cpu_global_jit", "--tf_xla_ops_to_cluster=FUSIBLE")
+
 
 def use_backend(name: str) -> None:
     """Run Keras on `name`. Keras reads KERAS_BACKEND once, at its first import, so a process
@@ -37,7 +45,9 @@ def silence_tf() -> None:
 def _import_tf_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" in sys.modules:
-        return
+        return  # too late for the flags: backend.fused_ready() tells, `fused` refuses to run
+    flags = os.environ.get("TF_XLA_FLAGS", "").split()
+    os.environ["TF_XLA_FLAGS"] = " ".join(flags + [f for f in FUSED_FLAGS if f not in flags])
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)

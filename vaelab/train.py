@@ -153,7 +153,7 @@ def _all_finite(loss, grads):
 
 
 def make_step(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optimizer,
-              dynamic: bool, jit: bool):
+              dynamic: bool, jit: bool | str):
     """Adam steps on n batches x [n, B, 784] with stateless seeds [n, 2], one after another
     inside one compiled call (n is x's leading dimension, unrolled; Keras calls it
     steps_per_execution). Returns (logs {name: [n]}, finite [n]); the Keras variables of
@@ -193,7 +193,7 @@ def make_step(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optim
 
     # no reduce_retracing: the unrolled loop needs n as a static shape (an epoch has at
     # most three: full calls, the leftover full batches, a short last batch)
-    return tf.function(steps, jit_compile=jit)
+    return backend.tf_function(steps, jit)
 
 
 def _jax_grad_fn(vae: models.VAE, run: RunConfig, variables: list, dynamic: bool):
@@ -314,7 +314,7 @@ class DataParallel:
         return self._put(xs, axes)
 
 
-def make_eval(vae: models.VAE, run: RunConfig, jit: bool):
+def make_eval(vae: models.VAE, run: RunConfig, jit: bool | str):
     def evaluate(x, seed):
         b = bound(vae, run, x, seed)
         return {"bound": ops.sum(b.bound), **{n: ops.sum(t) for n, t in b.terms.items()}}
@@ -322,7 +322,7 @@ def make_eval(vae: models.VAE, run: RunConfig, jit: bool):
     return backend.compile(evaluate, vae.variables, jit)
 
 
-def make_valid_bounds(vae: models.VAE, k: int, jit: bool):
+def make_valid_bounds(vae: models.VAE, k: int, jit: bool | str):
     """The ELBO (L_1) and L_k at a fixed k of every model, whatever its own objective, from
     the same k posterior samples per digit: the curves every model shares. The IWAE bound's
     terms give the ELBO, mean log w = -(distortion + rate)."""
