@@ -99,12 +99,14 @@ def run_tags(run: RunConfig) -> dict:
 
 
 def curve_csv(history: list[dict]) -> str:
-    """The per-epoch curve: one row per epoch, every logged value to 6 significant digits."""
-    columns = list(history[0])
+    """The per-epoch curve: one row per epoch, every logged value to 6 significant digits;
+    an epoch without validation (train.valid_every) leaves its valid_* cells empty, which
+    DVC's plots and `measurements.read_curve` (NaN) skip."""
+    columns = list(dict.fromkeys(c for h in history for c in h))
     text = StringIO()
     rows = csv.writer(text, lineterminator="\n")
     rows.writerow(columns)
-    rows.writerows([f"{h[c]:.6g}" for c in columns] for h in history)
+    rows.writerows([f"{h[c]:.6g}" if c in h else "" for c in columns] for h in history)
     return text.getvalue()
 
 
@@ -189,7 +191,8 @@ def _train_owned(params: Params, name: str, run: RunConfig, xs, out: Outputs, ck
                             run_id=resume_id) as log:
         # Epochs past the checkpoint that the killed run had logged already are trained
         # again (to the same values) but not logged twice.
-        logged = log.last_step("valid_bound") if log.run_id == resume_id else 0
+        # (train_bound: logged every epoch, valid_* only on validated ones)
+        logged = log.last_step("train_bound") if log.run_id == resume_id else 0
         if log.run_id != resume_id:  # the prepared digits (params data.source, data.path)
             for part, x in (("train", x_train), ("valid", x_valid)):
                 log.dataset(x, f"{params.data.source}-{part}",
