@@ -99,14 +99,15 @@ def run_tags(run: RunConfig) -> dict:
 
 
 def curve_csv(history: list[dict]) -> str:
-    """The per-epoch curve: one row per epoch, every logged value to 6 significant digits;
-    an epoch without validation (train.valid_every) leaves its valid_* cells empty, which
-    DVC's plots and `measurements.read_curve` (NaN) skip."""
+    """The per-epoch curve: one row per epoch, every logged value to 6 significant digits.
+    An epoch without validation (train.valid_every) has `nan` in its valid_* cells: DVC's
+    plots skip it and join the validated points (an empty cell plots as 0, measured with
+    the vega of .dvc/vega_offline.html), numpy reads NaN."""
     columns = list(dict.fromkeys(c for h in history for c in h))
     text = StringIO()
     rows = csv.writer(text, lineterminator="\n")
     rows.writerow(columns)
-    rows.writerows([f"{h[c]:.6g}" if c in h else "" for c in columns] for h in history)
+    rows.writerows([f"{h.get(c, float('nan')):.6g}" for c in columns] for h in history)
     return text.getvalue()
 
 
