@@ -182,6 +182,10 @@ def test_validated_epochs_follow_the_grid_rule():
     assert validated(epochs=7) == list(range(1, 8))  # the dataclass default: every epoch
     # the committed params: 44 of 200 epochs
     assert len(validated(epochs=200, valid_every=5)) == 44
+    for epochs in range(1, 40):  # the closed form vaelab.cost uses counts the same epochs
+        for every in range(1, 12):
+            t = TrainConfig(epochs=epochs, valid_every=every)
+            assert t.validations() == len(validated(epochs=epochs, valid_every=every))
 
 
 def test_valid_every_default_and_per_model_override():

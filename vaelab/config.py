@@ -137,6 +137,12 @@ class TrainConfig:
         v = self.valid_every
         return epoch <= v or epoch % v == 0 or epoch == self.epochs
 
+    def validations(self) -> int:
+        """How many of the run's epochs `validates` picks (closed form: epochs may be huge
+        in a params mistake that vaelab.cost refuses)."""
+        v, e = self.valid_every, self.epochs
+        return e if e <= v else v + e // v - 1 + (e % v != 0)
+
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of epoch `epoch` (1-based): a pure function of the epoch, so a
         resumed run continues the schedule where it was."""
