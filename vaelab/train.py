@@ -639,7 +639,8 @@ def _check_diverged(run: RunConfig, epoch: int, value: float, steps_per_epoch: i
     floor = diverged_below(run)
     if floor is not None and not value >= floor:
         # Raised before this epoch is logged or checkpointed: the checkpoint on disk
-        # stays the last epoch that passed this rule.
+        # stays the last epoch that passed this rule, or an unchecked one after it when
+        # checkpoint_every is no multiple of valid_every (the defaults, 10 and 5, are).
         raise DivergedError(
             f"model '{run.name}': training diverged at epoch {epoch} (steps "
             f"{(epoch - 1) * steps_per_epoch + 1}-{epoch * steps_per_epoch}, "
@@ -699,8 +700,8 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
     """Train one model. x_train, x_valid: uint8 [N, 28, 28] as prepared.
 
     `on_epoch(logs)` is called after every epoch with the epoch number, train bound and
-    terms, seconds, and the valid_* values on the epochs `train.validates`. With `checkpoint`, the state is saved there every
-    `train.checkpoint_every` epochs and restored from it at start when it exists; the
+    terms, seconds, and the valid_* values on the epochs `train.validates`. With
+    `checkpoint`, the state is saved there every `train.checkpoint_every` epochs and restored from it at start when it exists; the
     caller removes it once the outputs are safely written. `resume`: a checkpoint already
     read (`open_checkpoint`) to restore instead, so the file is not read a second time.
 
