@@ -83,8 +83,12 @@ def test_the_report_sets_measured_rows_beside_the_literature(tmp_path, monkeypat
     np.testing.assert_array_equal(curve["valid_Lk"], [-149, -148, np.nan, -146])
     drawn = {}
     real = figures.convergence
-    monkeypatch.setattr(figures, "convergence",
-                        lambda out, curves, *a, **kw: drawn.update(curves) or real(out, curves, *a, **kw))
+
+    def spy(out, curves, *a, **kw):
+        drawn.update(curves)
+        return real(out, curves, *a, **kw)
+
+    monkeypatch.setattr(figures, "convergence", spy)
     assert report._convergence(tmp_path / "y", j, {"iwae": curve})
     np.testing.assert_array_equal(drawn["iwae"][0], [1, 2, 4])
     np.testing.assert_array_equal(drawn["iwae"][1], [-149, -148, -146])

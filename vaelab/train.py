@@ -701,8 +701,9 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
 
     `on_epoch(logs)` is called after every epoch with the epoch number, train bound and
     terms, seconds, and the valid_* values on the epochs `train.validates`. With
-    `checkpoint`, the state is saved there every `train.checkpoint_every` epochs and restored from it at start when it exists; the
-    caller removes it once the outputs are safely written. `resume`: a checkpoint already
+    `checkpoint`, the state is saved there every `train.checkpoint_every` epochs and
+    restored from it at start when it exists; the caller removes it once the outputs are
+    safely written. `resume`: a checkpoint already
     read (`open_checkpoint`) to restore instead, so the file is not read a second time.
 
     `init_weights` (encoder weights, decoder weights): start from these instead of a fresh
