@@ -41,6 +41,31 @@ def test_a_newer_version_is_refused_in_one_line(tmp_path):
     assert str(tmp_path / "model.json") in msg and "schema_version 3" in msg and "\n" not in msg
 
 
+def test_posterior_trace_takes_validated_epochs_only():
+    """~10 epochs of the posterior std for the report: with train.valid_every an unvalidated
+    pick gives the last validated epoch before it; validating every epoch, the picks are
+    1, every, 2 every, ... as always."""
+    from types import SimpleNamespace
+
+    from vaelab.config import TrainConfig
+
+    run = parse_params({"models": {"vae": {"objective": "elbo_analytic"}}}).models["vae"]
+
+    def trace(valid_every):
+        t = TrainConfig(epochs=40, valid_every=valid_every)
+        history = [{"epoch": e, "seconds": 1.0,
+                    **({"valid_posterior_std": 1.0 / e} if t.validates(e) else {})}
+                   for e in range(1, 41)]
+        result = SimpleNamespace(history=history, epochs_trained=40, stopped_early=False,
+                                 best_epoch=None, restored_best=False)
+        got = card.ModelCard.from_training(run, result).posterior_std_by_epoch
+        assert all(v == 1.0 / e for e, v in got)
+        return [e for e, _ in got]
+
+    assert trace(1) == [1, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert trace(3) == [1, 3, 6, 12, 15, 18, 24, 27, 30, 36, 40]
+
+
 def test_training_writes_a_card_that_rebuilds_the_model(tmp_path):
     params = parse_params({"model": {"latent": 3, "hidden": [16], "layers": 2, "h1_latent": 4,
                                      "h1_hidden": [8]},

@@ -167,6 +167,35 @@ def test_valid_k_is_shared_by_every_model():
     assert p.models["vae"].train.valid_k == 7
 
 
+def test_validated_epochs_follow_the_grid_rule():
+    """Epochs 1..valid_every, then every valid_every-th, and the last; every epoch at 1."""
+    from vaelab.config import TrainConfig
+
+    def validated(**kw):
+        t = TrainConfig(**kw)
+        return [e for e in range(1, t.epochs + 1) if t.validates(e)]
+
+    assert validated(epochs=23, valid_every=5) == [1, 2, 3, 4, 5, 10, 15, 20, 23]
+    assert validated(epochs=20, valid_every=5) == [1, 2, 3, 4, 5, 10, 15, 20]
+    assert validated(epochs=3, valid_every=5) == [1, 2, 3]
+    assert validated(epochs=10, valid_every=3) == [1, 2, 3, 6, 9, 10]
+    assert validated(epochs=7) == list(range(1, 8))  # the dataclass default: every epoch
+    # the committed params: 44 of 200 epochs
+    assert len(validated(epochs=200, valid_every=5)) == 44
+    for epochs in range(1, 40):  # the closed form vaelab.cost uses counts the same epochs
+        for every in range(1, 12):
+            t = TrainConfig(epochs=epochs, valid_every=every)
+            assert t.validations() == len(validated(epochs=epochs, valid_every=every))
+
+
+def test_valid_every_default_and_per_model_override():
+    p = parse_params({"train": {"valid_every": 4},
+                      "models": {"vae": {"objective": "elbo_analytic"},
+                                 "iwae": {"objective": "iwae", "k": 5, "valid_every": 2}}})
+    assert (p.models["vae"].train.valid_every, p.models["iwae"].train.valid_every) == (4, 2)
+    assert parse_params(defaults()).train.valid_every == 1  # a file without the key: as before
+
+
 def test_as_flat_dict():
     raw = defaults()
     raw["models"]["iwae"]["epochs"] = 7
@@ -352,6 +381,14 @@ MISTAKES = [
     ("jit-string", setter("train", "jit", "yes"), ["train.jit", "false, fused or true", "got 'yes'"]),
     ("steps-per-execution-zero", setter("train", "steps_per_execution", 0),
      ["train.steps_per_execution", "positive integer", "got 0"]),
+    ("valid-every-zero", setter("train", "valid_every", 0),
+     ["train.valid_every", "positive integer", "got 0"]),
+    ("valid-every-float", setter("train", "valid_every", 2.5),
+     ["train.valid_every", "positive integer", "got 2.5"]),
+    ("valid-every-bool", setter("train", "valid_every", True),
+     ["train.valid_every", "positive integer", "got True"]),
+    ("valid-every-per-model", setter("models", "iwae", "valid_every", -1),
+     ["models.iwae.valid_every", "positive integer", "got -1"]),
     # evaluate / sample / mlflow
     ("snr-repeats-one", setter("evaluate", "snr_repeats", 1),
      ["evaluate.snr_repeats", ">= 2", "got 1"]),

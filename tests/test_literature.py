@@ -39,7 +39,7 @@ def test_table_rows_state_the_gap_and_the_budget():
     assert literature.updates(1, 101, 20) == 6
 
 
-def test_the_report_sets_measured_rows_beside_the_literature(tmp_path):
+def test_the_report_sets_measured_rows_beside_the_literature(tmp_path, monkeypatch):
     """From measurement records: the rows that have a published counterpart, their budget
     from the model card, the gap, and the convergence figure from the curves."""
     import numpy as np
@@ -72,3 +72,23 @@ def test_the_report_sets_measured_rows_beside_the_literature(tmp_path):
                                )[0][1] == "convergence.png"
     assert (tmp_path / "convergence.png").exists()
     assert report._convergence(tmp_path / "x", j, {}) == []
+    # train.valid_every: epochs without validation are nan cells, NaN read back, no points
+    from vaelab import figures, fit
+    history = [{"epoch": e, "train_bound": -200.0 + e,
+                **({"valid_Lk": -150.0 + e} if e in (1, 2, 4) else {})} for e in range(1, 5)]
+    text = fit.curve_csv(history)
+    assert text.splitlines()[3] == "3,-197,nan"  # the column kept, no value
+    path.write_text(text)
+    curve = measurements.read_curve(path)
+    np.testing.assert_array_equal(curve["valid_Lk"], [-149, -148, np.nan, -146])
+    drawn = {}
+    real = figures.convergence
+
+    def spy(out, curves, *a, **kw):
+        drawn.update(curves)
+        return real(out, curves, *a, **kw)
+
+    monkeypatch.setattr(figures, "convergence", spy)
+    assert report._convergence(tmp_path / "y", j, {"iwae": curve})
+    np.testing.assert_array_equal(drawn["iwae"][0], [1, 2, 4])
+    np.testing.assert_array_equal(drawn["iwae"][1], [-149, -148, -146])

@@ -222,6 +222,34 @@ def test_patience_without_restore_keeps_the_last_weights(digits, scripted_lk):
     assert all_equal(weights(res), weights(four))
 
 
+def test_patience_counts_epochs_when_validating_sparsely(digits, scripted_lk, tmp_path):
+    """valid_every=2 validates epochs 1, 2, 4, 6, 8. The best is epoch 2; patience 3 is in
+    epochs, so epoch 4 (2 epochs on) goes on and epoch 6 (4 on) stops; restore_best puts
+    epoch 2's weights back. Killed in epoch 5 after the checkpoint of epoch 3 (not
+    validated), the resumed run decides the same."""
+    x_train, x_valid = digits
+    run = tiny(epochs=8, patience=3, restore_best=True, checkpoint_every=3, valid_every=2)["vae"]
+    stopped = vtrain.train(run, x_train, x_valid, progress=quiet())
+    assert stopped.epochs_trained == 6 and stopped.best_epoch == 2 and stopped.stopped_early
+    assert stopped.kept["epoch"] == 2 and "valid_Lk" in stopped.kept
+    two = vtrain.train(tiny(epochs=2)["vae"], x_train, x_valid, progress=quiet())
+    assert all_equal(weights(stopped), weights(two))
+
+    ckpt = tmp_path / "vae.npz"
+
+    def kill_at_5(logs):
+        if logs["epoch"] == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        vtrain.train(run, x_train, x_valid, on_epoch=kill_at_5, checkpoint=ckpt, progress=quiet())
+    assert vtrain.checkpoint_meta(ckpt)["best"]["epoch"] == 2
+    resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
+    assert resumed.resumed_from == 3 and resumed.epochs_trained == 6
+    assert resumed.best_epoch == 2 and resumed.stopped_early
+    assert all_equal(weights(resumed), weights(two))
+
+
 def test_early_stopped_run_is_not_indicative_for_stopping():
     class Cfg:
         k, n_test = 5000, 500

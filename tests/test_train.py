@@ -185,6 +185,32 @@ def test_steps_per_execution_changes_nothing(digits, per_call):
     assert bounds(one.history) == bounds(many.history)
 
 
+VALID_KEYS = {"valid_bound", "valid_distortion", "valid_rate", "valid_active_units",
+              "valid_posterior_std", "valid_elbo", "valid_Lk"}
+
+
+def test_valid_every_validates_the_grid_only_and_trains_bit_identically(digits):
+    """valid_every=3 over 7 epochs validates 1, 2, 3, 6 and 7 only: those epochs' logs equal
+    every-epoch validation's, the others have no valid_* key and no `valid bound` in the
+    progress line, and the weights are bit-identical (validation draws from its own
+    stateless seeds and never touches training's state)."""
+    x_train, x_valid = digits
+    every = vtrain.train(tiny_run(epochs=7), x_train, x_valid, progress=quiet())
+    shown = io.StringIO()
+    sparse = vtrain.train(tiny_run(epochs=7, valid_every=3), x_train, x_valid,
+                          progress=vtrain.Progress("vae", 7, shown))
+    validated = [1, 2, 3, 6, 7]
+    assert [h["epoch"] for h in sparse.history if "valid_Lk" in h] == validated
+    for a, b in zip(bounds(sparse.history), bounds(every.history)):
+        assert VALID_KEYS <= set(b)
+        assert set(b) - set(a) == (set() if a["epoch"] in validated else VALID_KEYS)
+        assert a == {k: v for k, v in b.items() if k in a}, a["epoch"]
+    assert all_equal(weights(sparse), weights(every)), "skipping validation moved the weights"
+    lines = shown.getvalue().splitlines()
+    assert ["valid bound" in line for line in lines] == [e in validated for e in range(1, 8)]
+    assert every.valid_seconds > 0 and sparse.valid_seconds > 0
+
+
 def test_different_seed_gives_different_weights(digits):
     x_train, x_valid = digits
     a = vtrain.train(tiny_run(seed=0), x_train, x_valid, progress=quiet())
@@ -279,6 +305,30 @@ def test_resume_from_checkpoint_equals_uninterrupted(digits, tmp_path):
     assert resumed.resumed_from != straight.resumed_from == 0
     assert all_equal(weights(resumed), weights(straight)), "resumed run is not bit-exact"
     assert bounds(resumed.history) == bounds(straight.history)
+
+
+def test_resume_with_sparse_validation_equals_uninterrupted(digits, tmp_path):
+    """valid_every=3, checkpoints every 2 epochs, killed in epoch 5: the checkpoint is of
+    epoch 4, which was not validated; the resumed run's history (validated epochs and
+    best epoch included) and weights are exactly an uninterrupted run's."""
+    x_train, x_valid = digits
+    run = tiny_run(epochs=7, valid_every=3, checkpoint_every=2, restore_best=True)
+    ckpt = tmp_path / "vae.npz"
+
+    def stop_at_5(logs):
+        if logs["epoch"] == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        vtrain.train(run, x_train, x_valid, on_epoch=stop_at_5, checkpoint=ckpt, progress=quiet())
+    assert vtrain.checkpoint_meta(ckpt)["epoch"] == 4
+    resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
+    straight = vtrain.train(run, x_train, x_valid, progress=quiet())
+    assert resumed.resumed_from == 4 and straight.resumed_from == 0
+    assert [h["epoch"] for h in resumed.history if "valid_Lk" in h] == [1, 2, 3, 6, 7]
+    assert bounds(resumed.history) == bounds(straight.history)
+    assert resumed.best_epoch == straight.best_epoch and resumed.best_epoch in (1, 2, 3, 6, 7)
+    assert all_equal(weights(resumed), weights(straight)), "resumed run is not bit-exact"
 
 
 def test_injected_nan_stops_with_last_good_checkpoint_kept(digits, tmp_path, monkeypatch):
@@ -381,7 +431,7 @@ def logged_steps(repo: Path) -> int:
         return 0
     try:
         with sqlite3.connect(repo / "mlflow.db", timeout=1) as db:
-            row = db.execute("select max(step) from metrics where key = 'valid_bound'").fetchone()
+            row = db.execute("select max(step) from metrics where key = 'train_bound'").fetchone()
     except sqlite3.Error:  # tables not created yet, or locked for a moment
         return 0
     return row[0] or 0
@@ -394,13 +444,17 @@ def checkpoints(repo: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------
 # 3. SIGKILL and resume through the real stage script
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path, backend):
+@pytest.mark.parametrize("backend, valid_every", [("tensorflow", 1), ("jax", 1),
+                                                  ("tensorflow", 2)])
+def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path, backend,
+                                                                     valid_every):
     epochs = STAGE_PARAMS["train"]["epochs"]
     # The reference: the same stage, never interrupted, in its own copy.
     # Checkpoints every 3 epochs, and the kill comes once epoch 4 is logged: the resumed run
     # retrains epoch 4 (and 5, if logged too) and must not log them a second time.
-    params = merge(STAGE_PARAMS, {"train": {"checkpoint_every": 3, "backend": backend}})
+    # valid_every 2 validates epochs 1, 2, 4, 6: epoch 5, if logged, has no valid_* metric.
+    params = merge(STAGE_PARAMS, {"train": {"checkpoint_every": 3, "backend": backend,
+                                            "valid_every": valid_every}})
     ref = prepared_repo(tmp_path / "ref", params)
     stage(ref, "train", "--name", "vae")
     ref_weights = model_weights(ref / "models" / "vae")
@@ -449,13 +503,14 @@ def test_killed_stage_resumes_to_the_same_weights_and_one_mlflow_run(tmp_path, b
     assert runs(repo) == [("vae", "FINISHED", run_id)], "the resumed run must continue the killed one"
     info = json.loads((repo / "models" / "vae" / "mlflow.json").read_text())
     assert info["run_id"] == run_id
-    rows = metric_rows(repo, run_id, "valid_bound")
-    steps = [s for s, _ in rows]
-    assert set(steps) == set(range(1, epochs + 1)), steps
-    assert sorted(steps) == list(range(1, epochs + 1)), f"each epoch logged once: {steps}"
     [(_, _, ref_run)] = runs(ref)
-    assert [v for _, v in metric_rows(ref, ref_run, "valid_bound")] \
-        == [v for s, v in sorted(dict(rows).items())]
+    validated = [e for e in range(1, epochs + 1) if e <= valid_every or e % valid_every == 0
+                 or e == epochs]
+    for key, expected in (("train_bound", list(range(1, epochs + 1))), ("valid_bound", validated)):
+        rows = metric_rows(repo, run_id, key)
+        steps = [s for s, _ in rows]
+        assert sorted(steps) == expected, f"{key}: each epoch logged once: {steps}"
+        assert metric_rows(ref, ref_run, key) == sorted(rows)
 
 
 # ---------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ TRAINING = ("epochs_trained", "stopped_early", "best_epoch", "restored_best",
             "init_from_valid_Lk", "train_seconds", "posterior_std_by_epoch", "device")
 
 
+def _validated_at(history: list[dict], i: int) -> dict | None:
+    """history[i], or the last entry before it that has validation values; None if none."""
+    return next((h for h in reversed(history[:i + 1]) if "valid_posterior_std" in h), None)
+
+
 class CardError(UserError, ValueError):
     """A model.json this code cannot read: written by a newer version, or not a card."""
 
@@ -58,10 +63,13 @@ class ModelCard:
             restored_best=result.restored_best if best else None,
             init_from_valid_Lk=init_from_valid_Lk, device=device,
             train_seconds=sum(h["seconds"] for h in history),
-            # how the posterior narrowed, for the report: each epoch once
+            # how the posterior narrowed, for the report: each epoch once; an epoch without
+            # validation (train.valid_every) gives the last validated one before it
             posterior_std_by_epoch=[[e, v] for e, v in {
                 h["epoch"]: h["valid_posterior_std"]
-                for h in history[:1] + history[every - 1::every]}.items()])
+                for h in (_validated_at(history, i)
+                          for i in [0, *range(every - 1, len(history), every)])
+                if h is not None}.items()])
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any], where: str = FILE) -> "ModelCard":

@@ -117,6 +117,8 @@ class TrainConfig:
     # k of the validation L_k logged every epoch for every model (next to the ELBO, L_1):
     # one quantity that means the same whatever a model's own objective, so curves overlay
     valid_k: int = 50
+    # validate at epochs 1..valid_every, then every valid_every-th and the last (`validates`)
+    valid_every: int = 1
     # constant: learning_rate throughout; burda: stage i of schedule_stages runs 3^i epochs
     # at learning_rate * 10^(-i/7) (Burda et al. 2015; `burda_stages`)
     schedule: str = "constant"
@@ -129,6 +131,19 @@ class TrainConfig:
     # keras.distribution.DataParallel; the same maths as one device (JAX's partitionable
     # random numbers draw the same noise), so the bound moves by float rounding only
     devices: int = 1
+
+    def validates(self, epoch: int) -> bool:
+        """Whether epoch `epoch` (1-based) is validated: densely at first, where the
+        convergence figure's log axis of passes spreads the early epochs out, then every
+        valid_every-th, and always the last, whose numbers the run reports."""
+        v = self.valid_every
+        return epoch <= v or epoch % v == 0 or epoch == self.epochs
+
+    def validations(self) -> int:
+        """How many of the run's epochs `validates` picks (closed form: epochs may be huge
+        in a params mistake that vaelab.cost refuses)."""
+        v, e = self.valid_every, self.epochs
+        return e if e <= v else v + e // v - 1 + (e % v != 0)
 
     def learning_rate_at(self, epoch: int) -> float:
         """The learning rate of epoch `epoch` (1-based): a pure function of the epoch, so a
@@ -398,6 +413,7 @@ def _train(c: _Checker, raw: dict, key: str) -> TrainConfig:
     c.jit(t.jit, f"{key}.jit")
     c.choice(t.backend, f"{key}.backend", BACKENDS)
     c.integer(t.valid_k, f"{key}.valid_k", low=1)
+    c.integer(t.valid_every, f"{key}.valid_every", low=1)
     if t.patience is not None:
         c.integer(t.patience, f"{key}.patience", low=1)
     c.boolean(t.restore_best, f"{key}.restore_best")

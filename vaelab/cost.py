@@ -132,10 +132,12 @@ def _train_costs(params, run) -> list[Cost]:
              f"({where})",
              seconds=slow * t.epochs * n_train * (1 / TRAIN_DIGITS_PER_S + s / TRAIN_SAMPLES_PER_S),
              fix=f"lower {steps_key}" + (more if steps_key == epochs_key else "")),
-        Cost(valid_key, (f"{epochs} x {t.valid_k:,} validation samples" if valid_key == epochs_key
-                         else f"{valid_k_key}: {t.valid_k:,} samples x {t.epochs:,} epochs")
+        Cost(valid_key, (f"{epochs} ({t.validations():,} validated) x {t.valid_k:,} validation "
+                         "samples" if valid_key == epochs_key
+                         else f"{valid_k_key}: {t.valid_k:,} samples x {t.validations():,} "
+                         "validated epochs")
              + f" x {n_valid:,} validation digits ({where})",
-             seconds=slow * t.epochs * n_valid * (s + t.valid_k) / SAMPLES_PER_S,
+             seconds=slow * t.validations() * n_valid * (s + t.valid_k) / SAMPLES_PER_S,
              fix=f"lower {valid_key}" + (more if valid_key == epochs_key else "")),
         # weights, gradients and two Adam slots: 4 float32 copies
         Cost(layer_key, f"{layer_key} (model.hidden {list(m.hidden)}, model.latent {m.latent}, "

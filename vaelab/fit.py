@@ -99,12 +99,15 @@ def run_tags(run: RunConfig) -> dict:
 
 
 def curve_csv(history: list[dict]) -> str:
-    """The per-epoch curve: one row per epoch, every logged value to 6 significant digits."""
-    columns = list(history[0])
+    """The per-epoch curve: one row per epoch, every logged value to 6 significant digits.
+    An epoch without validation (train.valid_every) has `nan` in its valid_* cells: DVC's
+    plots skip it and join the validated points (an empty cell plots as 0, measured with
+    the vega of .dvc/vega_offline.html), numpy reads NaN."""
+    columns = list(dict.fromkeys(c for h in history for c in h))
     text = StringIO()
     rows = csv.writer(text, lineterminator="\n")
     rows.writerow(columns)
-    rows.writerows([f"{h[c]:.6g}" for c in columns] for h in history)
+    rows.writerows([f"{h.get(c, float('nan')):.6g}" for c in columns] for h in history)
     return text.getvalue()
 
 
@@ -189,7 +192,8 @@ def _train_owned(params: Params, name: str, run: RunConfig, xs, out: Outputs, ck
                             run_id=resume_id) as log:
         # Epochs past the checkpoint that the killed run had logged already are trained
         # again (to the same values) but not logged twice.
-        logged = log.last_step("valid_bound") if log.run_id == resume_id else 0
+        # (train_bound: logged every epoch, valid_* only on validated ones)
+        logged = log.last_step("train_bound") if log.run_id == resume_id else 0
         if log.run_id != resume_id:  # the prepared digits (params data.source, data.path)
             for part, x in (("train", x_train), ("valid", x_valid)):
                 log.dataset(x, f"{params.data.source}-{part}",

@@ -719,8 +719,12 @@ def _convergence(folder: Path, j: Judgement, curves: dict) -> list[tuple[str, st
     from . import figures
 
     rows = {r["name"]: r for r in literature_rows(j.results, j.infos, j.n_train)}
-    drawn = {n: (c["epoch"], c["valid_Lk"]) for n, c in curves.items()
-             if n in j.results and len(c.get("epoch", ())) and "valid_Lk" in c}
+    drawn = {}
+    for n, c in curves.items():
+        if n in j.results and len(c.get("epoch", ())) and "valid_Lk" in c:
+            # epochs without validation (train.valid_every) read back as NaN: not points
+            seen = ~np.isnan(c["valid_Lk"])
+            drawn[n] = (c["epoch"][seen], c["valid_Lk"][seen])
     if not drawn:
         return []
     valid_k = int(next(iter(j.infos.values())).get("train.valid_k", 50))

@@ -30,7 +30,8 @@ VERDICT_PREFIX = "report.claim_"  # the report's verdict tags (vaelab.report.log
 EXPERIMENT_NOTE = (
     "vaelab: one run per trained model (DVC stage `train@<model>`; run name `<model>`, or "
     "`<model>@<DVC experiment>` for `dvc exp run`). Each run holds the model's resolved params, "
-    "a point per epoch for every curve (`valid_elbo` and `valid_Lk` mean the same for every "
+    "a point per epoch for every train_* curve and per validated epoch (train.valid_every) "
+    "for every valid_* curve (`valid_elbo` and `valid_Lk` mean the same for every "
     "model; `valid_bound` is the model's own objective), the test metrics under stable keys "
     "(`test/nll` = -L_k, `test/elbo`, `test/active_units`, ...; step n = the model's n-th "
     "evaluation; the estimator and the test set in tag `vaelab.test_estimator`, params "

@@ -502,8 +502,9 @@ def restore_checkpoint(ckpt: Checkpoint, model: models.VAE, optimizer,
 class Best:
     """Early stopping and restore-best on the validation L_<train.valid_k> (`valid_Lk`): the
     best value, its epoch, its weights (kept in memory when restore_best), and the epochs
-    since it improved. Saved in every checkpoint, so a resumed run decides as one that
-    was never interrupted."""
+    since it improved. Only validated epochs (`TrainConfig.validates`) are candidates and can
+    stop the run; patience counts epochs, not validations. Saved in every checkpoint, so a
+    resumed run decides as one that was never interrupted."""
 
     MONITOR = "valid_Lk"
 
@@ -514,14 +515,17 @@ class Best:
         self.stopped = False
 
     def update(self, epoch: int, logs: dict, model: models.VAE) -> bool:
-        """After an epoch; True when training should stop."""
+        """After an epoch; True when training should stop. An epoch without validation
+        (no `valid_Lk` in its logs) changes nothing."""
+        if self.MONITOR not in logs:
+            return False
         value = logs[self.MONITOR]
         if value > self.value:  # a NaN never improves
-            self.value, self.epoch, self.wait = float(value), epoch, 0
+            self.value, self.epoch = float(value), epoch
             if self.keep_weights:
                 self.weights = model.encoder.get_weights() + model.decoder.get_weights()
-        else:
-            self.wait += 1
+        # in epochs: validating every epoch, the count of epochs without improvement
+        self.wait = epoch - self.epoch
         self.stopped = self.patience is not None and self.wait >= self.patience
         return self.stopped
 
@@ -553,8 +557,9 @@ class Progress:
 
     def epoch(self, logs: dict) -> None:
         e = logs["epoch"]
+        valid = f"valid bound {logs['valid_bound']:.2f}  " if "valid_bound" in logs else ""
         line = (f"{self.name} epoch {e}/{self.epochs}  train bound {logs['train_bound']:.2f}  "
-                f"valid bound {logs['valid_bound']:.2f}  {logs['seconds']:.1f}s")
+                f"{valid}{logs['seconds']:.1f}s")
         if self.tty:
             bar = "#" * round(20 * e / self.epochs)
             keep = e == self.epochs or e % max(1, self.epochs // 10) == 0
@@ -634,7 +639,8 @@ def _check_diverged(run: RunConfig, epoch: int, value: float, steps_per_epoch: i
     floor = diverged_below(run)
     if floor is not None and not value >= floor:
         # Raised before this epoch is logged or checkpointed: the checkpoint on disk
-        # stays the last epoch that passed this rule.
+        # stays the last epoch that passed this rule, or an unchecked one after it when
+        # checkpoint_every is no multiple of valid_every (the defaults, 10 and 5, are).
         raise DivergedError(
             f"model '{run.name}': training diverged at epoch {epoch} (steps "
             f"{(epoch - 1) * steps_per_epoch + 1}-{epoch * steps_per_epoch}, "
@@ -646,7 +652,8 @@ def _check_diverged(run: RunConfig, epoch: int, value: float, steps_per_epoch: i
 
 def _epoch(run: RunConfig, vae: models.VAE, optimizer, fns, inputs: _Inputs, epoch: int,
            result: TrainResult) -> dict:
-    """Train epoch `epoch` and validate: the epoch's logs. fns: (step, eval, shared bounds)."""
+    """Train epoch `epoch` and validate it if `train.validates` it: the epoch's logs (valid_*
+    keys on validated epochs only). fns: (step, eval, shared bounds)."""
     t, (step, eval_fn, shared_fn) = run.train, fns
     steps_per_epoch = -(-inputs.n // t.batch_size)
     lr = t.learning_rate_at(epoch)
@@ -662,14 +669,20 @@ def _epoch(run: RunConfig, vae: models.VAE, optimizer, fns, inputs: _Inputs, epo
     if bad is not None:
         raise _non_finite(run, epoch, bad, steps_per_epoch)
     seconds = time.perf_counter() - tic
-    tic = time.perf_counter()
-    valid = evaluate_bound(eval_fn, inputs.valid, seed=10_000 + t.seed)
-    _check_diverged(run, epoch, valid["bound"], steps_per_epoch)
-    valid.update(posterior_width(vae, inputs.valid))
-    # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
-    # over the validation digits at that k
-    valid.update(evaluate_bound(shared_fn, inputs.valid, seed=20_000 + t.seed))
-    result.valid_seconds += time.perf_counter() - tic
+    valid = {}
+    if t.validates(epoch):
+        # Validation reads the weights and draws from its own fixed stateless seeds: skipping
+        # it leaves training's random streams and state untouched (tests/test_train.py).
+        tic = time.perf_counter()
+        valid = evaluate_bound(eval_fn, inputs.valid, seed=10_000 + t.seed)
+        # Only validated epochs are checked: a run diverging without a non-finite step (those
+        # stop at once, `train_epoch`) is caught up to valid_every - 1 epochs later.
+        _check_diverged(run, epoch, valid["bound"], steps_per_epoch)
+        valid.update(posterior_width(vae, inputs.valid))
+        # another seed than the own bound's: k=valid_k samples, cost ~ one forward epoch
+        # over the validation digits at that k
+        valid.update(evaluate_bound(shared_fn, inputs.valid, seed=20_000 + t.seed))
+        result.valid_seconds += time.perf_counter() - tic
     logs = {"epoch": epoch, "seconds": seconds, "samples_per_s": inputs.n / seconds}
     if t.schedule != "constant":
         logs["learning_rate"] = lr
@@ -686,10 +699,11 @@ def train(run: RunConfig, x_train: np.ndarray, x_valid: np.ndarray, *,
           resume: Checkpoint | None = None) -> TrainResult:
     """Train one model. x_train, x_valid: uint8 [N, 28, 28] as prepared.
 
-    `on_epoch(logs)` is called after every epoch with the epoch number, train and valid
-    bound and terms, and seconds. With `checkpoint`, the state is saved there every
-    `train.checkpoint_every` epochs and restored from it at start when it exists; the
-    caller removes it once the outputs are safely written. `resume`: a checkpoint already
+    `on_epoch(logs)` is called after every epoch with the epoch number, train bound and
+    terms, seconds, and the valid_* values on the epochs `train.validates`. With
+    `checkpoint`, the state is saved there every `train.checkpoint_every` epochs and
+    restored from it at start when it exists; the caller removes it once the outputs are
+    safely written. `resume`: a checkpoint already
     read (`open_checkpoint`) to restore instead, so the file is not read a second time.
 
     `init_weights` (encoder weights, decoder weights): start from these instead of a fresh
