@@ -146,8 +146,6 @@ def compile(fn, variables, jit: bool | str = False):
     return tf_function(fn, jit, reduce_retracing=True)
 
 
-JIT_MODES = (False, "fused", True)  # train.jit, evaluate.jit (vaelab.config validates them)
-
 
 def fused_ready() -> bool:
     """Whether this process can run `jit="fused"`: TensorFlow started with quiet's XLA flags
