@@ -146,7 +146,6 @@ def compile(fn, variables, jit: bool | str = False):
     return tf_function(fn, jit, reduce_retracing=True)
 
 
-
 def fused_ready() -> bool:
     """Whether this process can run `jit="fused"`: TensorFlow started with quiet's XLA flags
     (vaelab.quiet.use_backend / silence_tf set them before importing it)."""
