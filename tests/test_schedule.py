@@ -3,7 +3,6 @@ switching (init_from): pure functions, tiny in-process runs (TF; the schedule al
 in a subprocess), the config's one-line errors and the DVC dependency of a switched model."""
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import pytest  # noqa: E402
 
 from repo_copy import env_for, make_repo  # noqa: E402
 from test_backends import run_py  # noqa: E402
+from test_train import all_equal, killed_after, quiet, weights  # noqa: E402
 from vaelab import data as vdata  # noqa: E402
 from vaelab import report  # noqa: E402
 from vaelab import train as vtrain  # noqa: E402
@@ -39,22 +39,6 @@ def tiny(models=None, switched=None, **train_over):
         **({"switched": switched} if switched else {}),
     })
     return params.models
-
-
-def quiet():
-    return vtrain.Progress("vae", 1, io.StringIO())
-
-
-def weights(result):
-    return result.encoder.get_weights() + result.decoder.get_weights()
-
-
-def all_equal(a, b):
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
-
-
-class Stop(Exception):
-    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,13 +93,7 @@ def test_schedule_run_logs_its_rates_and_resumes_at_the_right_one(digits, tmp_pa
     assert run.train.epochs == 4
     ckpt = tmp_path / "vae.npz"
 
-    def stop_at_3(logs):
-        if logs["epoch"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        vtrain.train(run, x_train, x_valid, on_epoch=stop_at_3, checkpoint=ckpt, progress=quiet())
-    assert vtrain.checkpoint_meta(ckpt)["epoch"] == 2
+    assert killed_after(3, run, x_train, x_valid, ckpt)["epoch"] == 2
     resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
     straight = vtrain.train(run, x_train, x_valid, progress=quiet())
     assert resumed.resumed_from == 2
@@ -195,13 +173,7 @@ def test_early_stopping_restores_the_best_weights_exactly(digits, scripted_lk, t
     # the resumed run stops at the same epoch with the same weights.
     ckpt = tmp_path / "vae.npz"
 
-    def kill_at_4(logs):
-        if logs["epoch"] == 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        vtrain.train(run, x_train, x_valid, on_epoch=kill_at_4, checkpoint=ckpt, progress=quiet())
-    meta = vtrain.checkpoint_meta(ckpt)
+    meta = killed_after(4, run, x_train, x_valid, ckpt)
     assert meta["epoch"] == 3 and meta["best"]["epoch"] == 2 and meta["best"]["wait"] == 1
     resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
     assert resumed.resumed_from == 3 and resumed.epochs_trained == 5
@@ -237,13 +209,7 @@ def test_patience_counts_epochs_when_validating_sparsely(digits, scripted_lk, tm
 
     ckpt = tmp_path / "vae.npz"
 
-    def kill_at_5(logs):
-        if logs["epoch"] == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        vtrain.train(run, x_train, x_valid, on_epoch=kill_at_5, checkpoint=ckpt, progress=quiet())
-    assert vtrain.checkpoint_meta(ckpt)["best"]["epoch"] == 2
+    assert killed_after(5, run, x_train, x_valid, ckpt)["best"]["epoch"] == 2
     resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
     assert resumed.resumed_from == 3 and resumed.epochs_trained == 6
     assert resumed.best_epoch == 2 and resumed.stopped_early

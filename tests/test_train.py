@@ -106,6 +106,20 @@ class Stop(Exception):
     """Stands for a kill between two epochs."""
 
 
+def killed_after(epoch: int, run, x_train, x_valid, ckpt: Path, **train_kw) -> dict:
+    """Train `run` with checkpoints at `ckpt` and stop after epoch `epoch` as a kill would
+    (nothing of that epoch is written unless it was a checkpoint epoch): the checkpoint's
+    meta, which the resumed run then starts from."""
+    def stop(logs):
+        if logs["epoch"] == epoch:
+            raise Stop
+
+    with pytest.raises(Stop):
+        vtrain.train(run, x_train, x_valid, on_epoch=stop, checkpoint=ckpt, progress=quiet(),
+                     **train_kw)
+    return vtrain.checkpoint_meta(ckpt)
+
+
 # ---------------------------------------------------------------------------------------
 # 1. determinism
 
@@ -281,14 +295,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(digits, tmp_path):
     run = tiny_run(epochs=4, checkpoint_every=2)
     ckpt = tmp_path / "ckpt" / "vae.npz"
 
-    def stop_at_3(logs):
-        if logs["epoch"] == 3:
-            raise Stop
-
-    with pytest.raises(Stop):
-        vtrain.train(run, x_train, x_valid, on_epoch=stop_at_3, checkpoint=ckpt,
-                     checkpoint_extra={"note": "x"}, progress=quiet())
-    meta = vtrain.checkpoint_meta(ckpt)
+    meta = killed_after(3, run, x_train, x_valid, ckpt, checkpoint_extra={"note": "x"})
     assert meta["epoch"] == 2 and meta["note"] == "x"
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
     assert not list(ckpt.parent.glob("*.tmp")), "checkpoint temp file left behind"
@@ -315,13 +322,7 @@ def test_resume_with_sparse_validation_equals_uninterrupted(digits, tmp_path):
     run = tiny_run(epochs=7, valid_every=3, checkpoint_every=2, restore_best=True)
     ckpt = tmp_path / "vae.npz"
 
-    def stop_at_5(logs):
-        if logs["epoch"] == 5:
-            raise Stop
-
-    with pytest.raises(Stop):
-        vtrain.train(run, x_train, x_valid, on_epoch=stop_at_5, checkpoint=ckpt, progress=quiet())
-    assert vtrain.checkpoint_meta(ckpt)["epoch"] == 4
+    assert killed_after(5, run, x_train, x_valid, ckpt)["epoch"] == 4
     resumed = vtrain.train(run, x_train, x_valid, checkpoint=ckpt, progress=quiet())
     straight = vtrain.train(run, x_train, x_valid, progress=quiet())
     assert resumed.resumed_from == 4 and straight.resumed_from == 0
