@@ -15,6 +15,9 @@ import pytest
 import yaml
 from repo_copy import env_for, make_repo
 from servers import mlflow_server
+# at import, not in wait_for_checkpoint: under load TensorFlow's import can outlast a tiny
+# training, whose checkpoint is gone by the time the test would look for it
+from vaelab import train as vtrain
 
 TINY = {"data": {"valid_size": 100, "test_size": 100},
         "model": {"latent": 5, "hidden": [20]}, "train": {"epochs": 1},
@@ -142,9 +145,9 @@ def start_stage(repo: Path, **env) -> subprocess.Popen:
 
 def wait_for_checkpoint(repo: Path, proc: subprocess.Popen, epoch: int = 2) -> Path:
     """A checkpoint of `epoch` or later written by `proc` (not one left by an earlier run)."""
-    from vaelab import train as vtrain
+    import psutil
 
-    started = time.time()
+    started = psutil.Process(proc.pid).create_time()
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         for path in (repo / ".checkpoints").glob("*.npz"):
@@ -176,8 +179,6 @@ def run_statuses(db: Path) -> list[str]:
 
 
 def test_sigterm_then_code_edit_retrains_from_epoch_1(tmp_path):
-    from vaelab import train as vtrain
-
     repo = make_repo(tmp_path / "repo", STAGE)
     assert dvc(repo, "repro", "prepare").returncode == 0
     proc = start_stage(repo)
