@@ -234,6 +234,76 @@ def test_a_store_failing_on_the_first_description_leaves_no_run_running(monkeypa
     assert run.info.status == "FAILED"
 
 
+def _lines_traced(fn, at=None, then=None):
+    """Run fn() counting the Python lines it executes (its callees' too); call then() at
+    line number `at`. Returns the count."""
+    n = 0
+
+    def tracer(frame, event, arg):
+        nonlocal n
+        if event == "line":
+            n += 1
+            if n == at:
+                then()
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return n
+
+
+def test_a_stop_anywhere_in_a_store_write_still_fails_the_run(monkeypatch, tmp_path):
+    """SIGTERM (also the one sent when the dvc parent dies) landing at some lines of a
+    sqlite write left its transaction open: the store stayed locked, marking the run FAILED
+    met "database is locked" and the run stayed RUNNING (seen in CI). A stop now waits for
+    the write to end. Checked at 100 points spread over one write, each in a run of its own."""
+    import signal
+
+    from vaelab import cli
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client, exp_id = tracking.connect("e")
+
+    def trial(at=None):
+        lines, sent = [], []
+
+        def stop():
+            sent.append(at)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def main():
+            with tracking.model_run("e", "vae", {"k": 1}, {}) as log:
+                log.metrics({"train_bound": -101.0}, step=1)
+                lines.append(_lines_traced(
+                    lambda: log.metrics({"train_bound": -102.0}, step=2), at, stop))
+                log.metrics({"train_bound": -103.0}, step=3)
+
+        try:
+            cli.run(main, "train")
+        except SystemExit as e:
+            assert e.code == 143
+        [run] = client.search_runs([exp_id], max_results=1, order_by=["start_time DESC"])
+        return lines, sent, run
+
+    [length], _, run = trial()
+    assert run.info.status == "FINISHED"
+    stopped = 0
+    for at in np.linspace(1, length, 100).astype(int):
+        lines, sent, run = trial(at)
+        if not sent:  # this write ran fewer lines than the first (caches warm): no stop
+            assert run.info.status == "FINISHED"
+            continue
+        stopped += 1
+        assert not lines, f"a stop at line {at} of {length} was lost"
+        assert run.info.status == "FAILED", f"a stop at line {at} of {length}"
+        history = client.get_metric_history(run.info.run_id, "train_bound")
+        assert [m.value for m in history] in ([-101.0], [-101.0, -102.0]), f"at line {at}"
+    assert stopped >= 50, stopped
+
+
 def _sigmoid(t):
     return 1 / (1 + np.exp(-np.asarray(t, np.float64)))
 

@@ -31,6 +31,42 @@ class Orphaned(Terminated):
     with nobody to record the result."""
 
 
+# A stop (SIGTERM, Ctrl-C, the dvc parent gone) raised in the middle of a write to MLflow's
+# sqlite store can leave that write's transaction open: the database then stays locked, the
+# run cannot be marked FAILED ("database is locked") and stays RUNNING. Writes to the store
+# hold such a stop until they end (`stops_held`); the signal handlers of `run` defer it.
+_held = 0
+_pending: list[BaseException] = []
+
+
+@contextmanager
+def stops_held():
+    """A stop that arrives inside the block is raised when the block ends. Only the main
+    thread counts: Python runs signal handlers there, and other threads' writes (MLflow's
+    system metrics) cannot be interrupted by them."""
+    global _held
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+        if not _held and _pending:
+            stop = _pending.pop()
+            _pending.clear()
+            raise stop
+
+
+def _stop(exc: BaseException) -> None:
+    """Raise `exc` now, or when the store write that is under way ends."""
+    if _held:
+        _pending.append(exc)
+        return
+    raise exc
+
+
 # The shells DVC may run a stage's command through: with SHELL unset DVC uses /bin/sh, and
 # dash (Debian's /bin/sh) forks the command rather than exec it, so the stage's parent is
 # then the shell, which outlives a killed dvc.
@@ -113,24 +149,45 @@ def restore_hint(dvc_yaml: str | Path = "dvc.yaml") -> str:
             + (f" and `git checkout -- {' '.join(git)}` restore them" if git else " restores them"))
 
 
+@contextmanager
+def _stops():
+    """SIGTERM, Ctrl-C and the death of the dvc process that ran this stage raise
+    Terminated, KeyboardInterrupt and Orphaned in the main thread, held while the MLflow
+    store is written (`stops_held`); the previous handlers come back afterwards."""
+    orphaned = []
+
+    def terminate(signum, frame):
+        _stop(Orphaned() if orphaned else Terminated())
+
+    def interrupt(signum, frame):
+        _stop(KeyboardInterrupt())
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:  # e.g. under nohup or `&`: stay deaf to Ctrl-C
+        signal.signal(signal.SIGINT, interrupt)
+    watcher = None
+    if os.environ.get("DVC_STAGE"):  # not for a script run by hand, e.g. under nohup
+        watcher = watch_parent(lambda: (orphaned.append(True),
+                                        os.kill(os.getpid(), signal.SIGTERM)))
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            watcher.set()
+        signal.signal(signal.SIGTERM, previous)  # for callers other than a stage's __main__
+        if previous_int is not None:  # None: set from outside Python, not ours to restore
+            signal.signal(signal.SIGINT, previous_int)
+
+
 def run(main, stage: str) -> None:
     """Call main(); a UserError becomes `<stage>: error: <message>` and exit status 2, an
     OSError of the environment (full disk, read-only or immutable file) one line and exit
     status 1, Ctrl-C exit status 130, SIGTERM 143 (also when DVC's process that started the
     stage dies). Anything else is a bug and keeps its traceback. Under `dvc repro`, the
     line also says how to get back the outputs DVC removed before the stage ran."""
-    orphaned = []
-
-    def terminate(signum, frame):
-        raise Orphaned if orphaned else Terminated
-
-    previous = signal.signal(signal.SIGTERM, terminate)
-    watcher = None
-    if os.environ.get("DVC_STAGE"):  # not for a script run by hand, e.g. under nohup
-        watcher = watch_parent(lambda: (orphaned.append(True),
-                                        os.kill(os.getpid(), signal.SIGTERM)))
     restore = restore_hint()
-    try:
+    with _stops():
         try:
             main()
         except UserError as e:
@@ -165,10 +222,6 @@ def run(main, stage: str) -> None:
             traceback.print_exc()  # a bug: its traceback, then how to get the outputs back
             print(f"{stage}: error: unexpected failure{restore}", file=sys.stderr)
             sys.exit(1)
-    finally:
-        if watcher is not None:
-            watcher.set()
-        signal.signal(signal.SIGTERM, previous)  # for callers other than a stage's __main__
 
 
 def available_bytes() -> int | None:

@@ -14,6 +14,7 @@ import subprocess
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from .cli import stops_held
 from .config import UserError
 
 DB_NAME = "mlflow.db"
@@ -104,9 +105,11 @@ def _first_line(e: BaseException) -> str:
 @contextmanager
 def store_errors(action: str):
     """Any failure of the store while `action` (a server that died, a read-only or full
-    database) becomes one TrackingError line naming the store."""
+    database) becomes one TrackingError line naming the store. A stop (SIGTERM, Ctrl-C)
+    waits for the write to end: raised inside it, it would leave sqlite locked."""
     try:
-        yield
+        with stops_held():
+            yield
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - MlflowException, sqlite/SQLAlchemy, requests
@@ -468,8 +471,9 @@ def model_run(experiment: str, name: str, params: dict, tags: dict, run_id: str 
         log.update_note()  # the first description; evaluate and report extend it
         yield log
     except BaseException:
-        _optional("system metrics", lambda: monitor and monitor.finish())
-        _end(client, run_id, "FAILED")
+        with stops_held():  # a second Ctrl-C or SIGTERM must not leave the run RUNNING
+            _end(client, run_id, "FAILED")
+            _optional("system metrics", lambda: monitor and monitor.finish())
         raise
     _optional("system metrics", lambda: monitor and monitor.finish())
     with store_errors("ending the run"):
@@ -481,7 +485,8 @@ def _end(client, run_id: str, status: str) -> None:
     run fails too; the original error is the one to report, and a later run of the model
     marks this one KILLED (`mark_orphans_killed`)."""
     try:
-        client.set_terminated(run_id, status=status)
+        with stops_held():
+            client.set_terminated(run_id, status=status)
     except Exception:  # noqa: BLE001
         pass
 
@@ -490,7 +495,8 @@ def _optional(what: str, fn):
     """Run an optional extra (system metrics, the logged model, the dataset); its failure
     prints one line and must not lose the run or the stage's outputs."""
     try:
-        return fn()
+        with stops_held():  # they write to the store too
+            return fn()
     except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         print(f"mlflow: {what} not logged ({type(e).__name__}: {first})")
