@@ -55,6 +55,11 @@ def _import_tf_quietly() -> None:
         os.dup2(devnull, 2)
         import tensorflow as tf  # noqa: F401
         import tensorflow_probability  # noqa: F401
+        # The devices too: CUDA's initialisation prints absl lines of its own at the first
+        # device query (once in a local test run: "failed call to cuInit: ... (303)" on this
+        # GPU-less machine with CUDA's libraries installed), which a stage's one-line error
+        # must not carry.
+        tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
