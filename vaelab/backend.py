@@ -136,6 +136,60 @@ def value_and_grad(fn, variables):
     return tf_value_and_grad
 
 
+def grads_by_group(fn, groups):
+    """fn(*args) -> (loss, surrogates): a scalar, and None when every group follows it, else
+    {group: scalar} (objectives.surrogate_losses). groups: [(name, Keras variables)].
+    Returns (*args) -> {group: [d target / d v for v in its variables]}: one forward pass
+    and one backward pass per distinct target (one for a shared loss), where a gradient per
+    group from value_and_grad would repeat the forward pass each time. TF gives None for a
+    variable its target does not depend on, JAX zeros."""
+    names = [g for g, _ in groups]
+    sizes = [len(vs) for _, vs in groups]
+    variables = [v for _, vs in groups for v in vs]
+
+    def split(flat):
+        out, start = {}, 0
+        for g, n in zip(names, sizes):
+            out[g], start = list(flat[start:start + n]), start + n
+        return out
+
+    if NAME == "jax":
+        def targets(values, *args):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                loss, surrogates = fn(*args)
+            return jnp.stack([loss] if surrogates is None else [surrogates[g] for g in names])
+
+        def jax_grads(*args):
+            out, vjp = jax.vjp(lambda v: targets(v, *args), [v.value for v in variables])
+            if out.shape[0] == 1:
+                return split(vjp(jnp.ones_like(out))[0])
+            return {g: split(vjp(jnp.zeros_like(out).at[i].set(1.0))[0])[g]
+                    for i, g in enumerate(names)}
+
+        return jax_grads
+
+    def tf_grads(*args):
+        # persistent: one backward pass per surrogate over the same forward pass
+        with tf.GradientTape(persistent=True) as tape:
+            loss, surrogates = fn(*args)
+        if surrogates is None:
+            return split(tape.gradient(loss, variables))
+        return {g: tape.gradient(surrogates[g], vs) for g, vs in groups}
+
+    return tf_grads
+
+
+def map_rows(fn, xs):
+    """[fn(x) for x in xs] stacked, as one vectorized computation: the rows of xs [n, ...]
+    (e.g. n seeds) go through fn's ops together, so n small calls become one call of n-row
+    matmuls. TF: tf.vectorized_map; an op with no vectorized form (TF's stateless draws take
+    one seed, not a batch of them) runs as a loop over the rows inside it, so each row draws
+    the numbers fn(row) alone draws. JAX: jax.vmap."""
+    if NAME == "jax":
+        return jax.vmap(fn)(xs)
+    return tf.vectorized_map(fn, xs, fallback_to_while_loop=True, warn=False)
+
+
 def compile(fn, variables, jit: bool | str = False):
     """fn(*args) calling Keras models whose weights are `variables` -> a compiled function
     of the same arguments that reads the variables' current values at each call.
