@@ -26,9 +26,15 @@ SAMPLES_PER_S = 365_000
 # cost per digit plus one per importance sample, forward and backward.
 TRAIN_DIGITS_PER_S = 28_000
 TRAIN_SAMPLES_PER_S = 155_000
-# One gradient of one digit (the SNR's unit of work): dominated by the call itself
-# (README: 30-60 s per model for 5 digits x 60 repeats x 4 k x 2 estimators x 2 groups).
-SNR_CALL_SECONDS = 0.015
+# The gradient SNR (vaelab.snr) maps a digit's repeats through the networks together, at
+# most SNR_SAMPLES_PER_CALL samples (draws x k) per call: that bounds its memory. Its time
+# per model: a trace per k and estimator, a fixed cost per call, and the samples' forward
+# and backward passes (docs/speed.md, 2026-12-02, 2 cores: 17-18 s per model for 5 digits
+# x 60 repeats x k in {1, 5, 50, 500} x 2 estimators, about 1 s of it per trace).
+SNR_SAMPLES_PER_CALL = 30_000
+SNR_TRACE_SECONDS = 1.2
+SNR_CALL_SECONDS = 0.04
+SNR_SAMPLES_PER_S = 60_000
 WARN_SECONDS = 3600
 MAX_SECONDS = 365 * 24 * 3600  # even a GPU 100x faster would take days: a mistake
 PIXELS = 784
@@ -177,16 +183,21 @@ def costs(params) -> list[Cost]:
                     fix="lower evaluate.chunk or evaluate.batch_size", stage="evaluate"))
     grads = max(n_weights(r.model) for r in params.models.values())
     digits = min(e.snr_digits, e.n_test)
-    calls = digits * e.snr_repeats * len(e.snr_k) * len(e.snr_estimators) * 2 * n
+    per_call = {k: min(e.snr_repeats, max(1, SNR_SAMPLES_PER_CALL // k)) for k in e.snr_k}
+    calls = sum(-(-e.snr_repeats // d) for d in per_call.values())  # per digit and estimator
+    est = len(e.snr_estimators)
     snr_key = _driver(("evaluate.snr_repeats", e.snr_repeats, 60),
                       ("evaluate.snr_k", max(e.snr_k), 500))
     out.append(Cost(snr_key, f"{snr_key}: gradient SNR of {digits} digit(s) x "
                     f"{e.snr_repeats:,} repeats at k {list(e.snr_k)}",
-                    seconds=slow * (calls * SNR_CALL_SECONDS + calls / len(e.snr_k)
-                                    * sum(e.snr_k) / TRAIN_SAMPLES_PER_S),
+                    seconds=slow * n * est * (len(e.snr_k) * SNR_TRACE_SECONDS
+                                              + digits * calls * SNR_CALL_SECONDS
+                                              + digits * e.snr_repeats * sum(e.snr_k)
+                                              / SNR_SAMPLES_PER_S),
                     fix=f"lower {snr_key}", stage="evaluate"))
-    out.append(Cost("evaluate.snr_k", f"evaluate.snr_k: up to {max(e.snr_k):,} samples per "
-                    "gradient", bytes=3 * 4 * max(e.snr_k) * floats,
+    held = max(k * d for k, d in per_call.items())
+    out.append(Cost("evaluate.snr_k", f"evaluate.snr_k: {held:,} samples per gradient "
+                    "call (repeats x k)", bytes=3 * 4 * held * floats,
                     fix="lower evaluate.snr_k", stage="evaluate"))
     out.append(Cost("evaluate.snr_repeats", f"evaluate.snr_repeats: {e.snr_repeats:,} "
                     f"gradients of {grads:,} weights kept per digit and k",

@@ -46,6 +46,7 @@ from typing import Callable
 import numpy as np
 
 from . import registry
+from .cost import SNR_SAMPLES_PER_CALL
 
 THEORY = registry.SNR_SLOPE  # the asymptotic slopes the measured ones are printed next to
 GROUPS = ("encoder", "decoder")
@@ -179,8 +180,9 @@ def table(result: dict) -> list[str]:
 
 # draws per vectorized call: at most this many samples (draws x K) at once, which bounds
 # memory (each holds a [K, 784] decoder output and its gradient) as evaluate.chunk does for
-# L_5000; the default (K <= 500, 60 repeats) is one call per digit, K and estimator
-SAMPLES_PER_CALL = 30_000
+# L_5000; the default (K <= 500, 60 repeats) is one call per digit, K and estimator. The
+# check stage's estimate of the memory reads the same number.
+SAMPLES_PER_CALL = SNR_SAMPLES_PER_CALL
 
 
 def model_draws(m, x: np.ndarray, repeats: int, seed: int):
