@@ -9,7 +9,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vaelab import backend, models, objectives, snr  # noqa: E402
+from vaelab import backend, cost, models, objectives, snr  # noqa: E402
 from vaelab.config import ModelConfig  # noqa: E402
 
 
@@ -127,7 +127,7 @@ def test_vectorized_draws_are_the_gradients_each_seed_gives_alone(monkeypatch):
     """model_draws maps one draw over the repeats' seeds in one call (backend.map_rows). Row
     r must be the gradient that draw r's seed gives alone, computed here eagerly, one seed
     at a time, with no vectorization; and splitting the draws into blocks (a small
-    SAMPLES_PER_CALL: two draws a call, the last call padded) must give the same rows.
+    cost.SNR_SAMPLES_PER_CALL: two draws a call, the last call padded) must give the same rows.
     Equal up to float32 rounding: batched matmuls sum in another order, and on JAX the
     compiled call fuses what eager runs op by op: log-weights near -500 at random weights
     carry about 3e-5 of rounding into the normalized weights (measured on JAX: 6e-5 at most,
@@ -153,9 +153,23 @@ def test_vectorized_draws_are_the_gradients_each_seed_gives_alone(monkeypatch):
                                     else np.asarray(t).ravel() for t, v in zip(gs, vs)])
             np.testing.assert_allclose(got[g][r], alone, rtol=1e-3,
                                        atol=1e-3 * np.abs(alone).max(), err_msg=g)
-    monkeypatch.setattr(snr, "SAMPLES_PER_CALL", 2 * k)
+    monkeypatch.setattr(cost, "SNR_SAMPLES_PER_CALL", 2 * k)
+    assert cost.snr_blocks(repeats, k) == (3, 2)
     blocks = snr.model_draws(m, x, repeats=repeats, seed=seed)(1, k, "dreg", s0)
     for g in snr.GROUPS:
         assert blocks[g].shape == got[g].shape
         np.testing.assert_allclose(blocks[g], got[g], rtol=1e-3,
                                    atol=1e-3 * np.abs(got[g]).max(), err_msg=g)
+
+
+@pytest.mark.parametrize("repeats", [1, 7, 60, 61, 1000])
+@pytest.mark.parametrize("k", [1, 5, 499, 500, 501, 5000, 30_000, 70_000])
+def test_snr_blocks_cover_every_draw_within_the_memory_bound(repeats, k):
+    """The split that the SNR runs and the check stage prices: every draw in some call, no
+    call wholly padding, equal blocks, and at most SNR_SAMPLES_PER_CALL samples a call
+    unless one draw alone is more (then one draw a call)."""
+    calls, n = cost.snr_blocks(repeats, k)
+    assert calls * n >= repeats > (calls - 1) * n
+    assert n * k <= max(cost.SNR_SAMPLES_PER_CALL, k)
+    if repeats * k <= cost.SNR_SAMPLES_PER_CALL:
+        assert (calls, n) == (1, repeats)

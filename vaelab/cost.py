@@ -35,6 +35,17 @@ SNR_SAMPLES_PER_CALL = 30_000
 SNR_TRACE_SECONDS = 1.2
 SNR_CALL_SECONDS = 0.04
 SNR_SAMPLES_PER_S = 60_000
+
+
+def snr_blocks(repeats: int, k: int) -> tuple[int, int]:
+    """How vaelab.snr splits a digit's `repeats` gradient draws at k into vectorized calls:
+    (calls, draws per call). At most SNR_SAMPLES_PER_CALL samples (draws x k) a call, or one
+    draw where k alone is more; equal blocks, so one trace serves them all (the last block
+    is padded, then cut)."""
+    calls = -(-repeats // max(1, min(repeats, SNR_SAMPLES_PER_CALL // k)))
+    return calls, -(-repeats // calls)
+
+
 WARN_SECONDS = 3600
 MAX_SECONDS = 365 * 24 * 3600  # even a GPU 100x faster would take days: a mistake
 PIXELS = 784
@@ -183,8 +194,8 @@ def costs(params) -> list[Cost]:
                     fix="lower evaluate.chunk or evaluate.batch_size", stage="evaluate"))
     grads = max(n_weights(r.model) for r in params.models.values())
     digits = min(e.snr_digits, e.n_test)
-    per_call = {k: min(e.snr_repeats, max(1, SNR_SAMPLES_PER_CALL // k)) for k in e.snr_k}
-    calls = sum(-(-e.snr_repeats // d) for d in per_call.values())  # per digit and estimator
+    blocks = {k: snr_blocks(e.snr_repeats, k) for k in e.snr_k}
+    calls = sum(c for c, _ in blocks.values())  # per digit and estimator
     est = len(e.snr_estimators)
     snr_key = _driver(("evaluate.snr_repeats", e.snr_repeats, 60),
                       ("evaluate.snr_k", max(e.snr_k), 500))
@@ -195,7 +206,7 @@ def costs(params) -> list[Cost]:
                                               + digits * e.snr_repeats * sum(e.snr_k)
                                               / SNR_SAMPLES_PER_S),
                     fix=f"lower {snr_key}", stage="evaluate"))
-    held = max(k * d for k, d in per_call.items())
+    held = max(k * n for k, (_, n) in blocks.items())
     out.append(Cost("evaluate.snr_k", f"evaluate.snr_k: {held:,} samples per gradient "
                     "call (repeats x k)", bytes=3 * 4 * held * floats,
                     fix="lower evaluate.snr_k", stage="evaluate"))

@@ -46,7 +46,7 @@ from typing import Callable
 import numpy as np
 
 from . import registry
-from .cost import SNR_SAMPLES_PER_CALL
+from .cost import snr_blocks
 
 THEORY = registry.SNR_SLOPE  # the asymptotic slopes the measured ones are printed next to
 GROUPS = ("encoder", "decoder")
@@ -178,13 +178,6 @@ def table(result: dict) -> list[str]:
 # ---------------------------------------------------------------------------------------
 # a trained model
 
-# draws per vectorized call: at most this many samples (draws x K) at once, which bounds
-# memory (each holds a [K, 784] decoder output and its gradient) as evaluate.chunk does for
-# L_5000; the default (K <= 500, 60 repeats) is one call per digit, K and estimator. The
-# check stage's estimate of the memory reads the same number.
-SAMPLES_PER_CALL = SNR_SAMPLES_PER_CALL
-
-
 def model_draws(m, x: np.ndarray, repeats: int, seed: int):
     """draws(point, k, estimator, seed) for measure(): `repeats` gradients of the IWAE-k
     objective on the single digit x[point], with the model's encoder and decoder.
@@ -224,8 +217,10 @@ def model_draws(m, x: np.ndarray, repeats: int, seed: int):
     def draws(point, k, estimator, s0):
         fn = m.compiled(("snr_per_digit", k, estimator), build_for(k, estimator))
         xb = ops.convert_to_tensor(x[point:point + 1])
-        calls = -(-repeats // max(1, min(repeats, SAMPLES_PER_CALL // k)))
-        n = -(-repeats // calls)  # equal blocks, one trace; the last is padded, then cut
+        # blocks of draws bound memory (each holds a [K, 784] decoder output and its
+        # gradient) as evaluate.chunk does for L_5000; the check stage's estimate reads the
+        # same split. The default (K <= 500, 60 repeats) is one call per digit, K, estimator.
+        calls, n = snr_blocks(repeats, k)
         rows = [[seed + s0, r] for r in range(calls * n)]  # draw r's seed, as one call each
         outs = [fn(xb, backend.seeds(rows[i * n:(i + 1) * n])) for i in range(calls)]
         return {g: np.concatenate([np.asarray(o[j]) for o in outs])[:repeats]
