@@ -16,8 +16,9 @@ from vaelab import benchmarks, data
 from vaelab.config import DataConfig, ParamsError
 
 SHARED = ROOT.parent / "shared" / "data" / "mnist"
-needs_shared = pytest.mark.skipif(not (SHARED / "train-images-idx3-ubyte.gz").exists(),
-                                  reason=f"full MNIST not at {SHARED} (see DEVELOPERS.md)")
+needs_shared = pytest.mark.skipif(
+    not (SHARED / "train-images-idx3-ubyte.gz").exists(),
+    reason=f"full MNIST not at {SHARED} (the official idx files: docs/full_mnist.md)")
 
 # The published label counts of MNIST's 60,000 training and 10,000 test digits: any other
 # file (a subset, a shuffled mix of the two sets, a different release) fails them.
