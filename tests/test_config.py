@@ -109,6 +109,7 @@ def test_default_budget_is_the_committed_params():
 
     shipped = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     assert DEFAULT_BUDGET == {"train.epochs": shipped.train.epochs,
+                              "train.batch_size": shipped.train.batch_size,
                               "evaluate.k": shipped.evaluate.k,
                               "evaluate.n_test": shipped.evaluate.n_test}
     assert all(r.train.epochs == DEFAULT_BUDGET["train.epochs"] for r in shipped.models.values())

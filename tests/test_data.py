@@ -53,7 +53,10 @@ def write_pair(folder: Path, prefix: str, x: np.ndarray, y: np.ndarray, gz: bool
 # sources
 
 def test_mnist5k_is_real_digits(mnist5k):
+    from vaelab.config import MNIST5K_DIGITS
+
     x, y = mnist5k
+    assert len(x) == MNIST5K_DIGITS  # the default budget's 4,000 training digits rest on it
     assert x.shape == (5000, 28, 28) and x.dtype == np.uint8
     assert y.shape == (5000,) and y.dtype == np.int64
     assert set(np.unique(y)) == set(range(10))

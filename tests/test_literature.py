@@ -1,5 +1,6 @@
 """The published table and the matching of measured rows to it."""
 from vaelab import literature, registry
+from vaelab.config import updates
 
 
 def test_every_row_is_unique_and_k1_rows_agree():
@@ -29,14 +30,14 @@ def test_matching_follows_the_registry_families():
 def test_table_rows_state_the_gap_and_the_budget():
     m = dict(name="iwae", layers=1, family="iwae", k=50, nll=90.28, active_units=[31],
              data="MNIST 50,000", passes=121, batch_size=100,
-             updates=literature.updates(121, 50_000, 100), schedule="burda, 5 stages",
+             updates=updates(121, 50_000, 100), schedule="burda, 5 stages",
              device="2-core CPU")
     lines = literature.table([m, dict(m, name="prior", family="prior")])
     row = [line for line in lines if line.startswith("| iwae ")]
     assert len(row) == 1 and "| +5.50 |" in row[0] and "60,500" in row[0]
     assert not any(line.startswith("| prior ") for line in lines)  # no published row
     assert literature.table([dict(m, family="prior")]) == []
-    assert literature.updates(1, 101, 20) == 6
+    assert updates(1, 101, 20) == 6
 
 
 def test_the_report_sets_measured_rows_beside_the_literature(tmp_path, monkeypatch):

@@ -116,7 +116,8 @@ def test_outputs_exist_and_parse(repo, first_run):
     assert "### 8. Two stochastic layers give a better model, and IWAE still beats the VAE " \
         "there: **NOT MEASURED** (indicative)" in report  # no two-layer model in the tiny run
     assert "**Indicative run**" in report
-    assert "vae 2, vae_mc 2, iwae 2, prior 1 of 200 epochs" in report
+    assert ("vae 94, vae_mc 94, iwae 94, prior 47 of 8,000 parameter updates (4,700 training "
+            "digits)") in report  # 2 and 1 epochs of 4,700 digits in batches of 100
     assert "### 6. The loss L upper-bounds -E[log p(x)]: **HOLDS**" in report
     for fig in ("samples", "reconstructions", "posterior_std", "snr", "prior_vs_posterior"):
         assert (repo / "reports" / "figures" / f"{fig}.png").is_file()

@@ -216,14 +216,42 @@ def test_patience_counts_epochs_when_validating_sparsely(digits, scripted_lk, tm
     assert all_equal(weights(resumed), weights(two))
 
 
+class _FullEval:
+    k, n_test = 5000, 500
+
+
 def test_early_stopped_run_is_not_indicative_for_stopping():
-    class Cfg:
-        k, n_test = 5000, 500
-    full = {"train.epochs": 200, "epochs_trained": 200}
-    early = {"train.epochs": 200, "epochs_trained": 57, "stopped_early": True}
-    short = {"train.epochs": 50, "epochs_trained": 50}
-    assert report.budget_shortfalls({"a": full, "b": early}, Cfg, 500) == []
-    assert report.budget_shortfalls({"a": early, "c": short}, Cfg, 500) == ["c 50 of 200 epochs"]
+    full = {"train.epochs": 200, "epochs_trained": 200, "train.batch_size": 100}
+    early = {"train.epochs": 200, "epochs_trained": 57, "stopped_early": True,
+             "train.batch_size": 100}
+    short = {"train.epochs": 50, "epochs_trained": 50, "train.batch_size": 100}
+    assert report.budget_shortfalls({"a": full, "b": early}, _FullEval, 500, 4000) == []
+    assert report.budget_shortfalls({"a": early, "c": short}, _FullEval, 500, 4000) == [
+        "c 2,000 of 8,000 parameter updates (4,000 training digits)"]
+
+
+def test_training_budget_counts_parameter_updates_not_passes():
+    """The default run's 200 epochs of 4,000 digits in batches of 100 are 8,000 updates; full
+    MNIST's 121 passes over 50,000 are 60,500 (not short), the default epochs in batches of
+    1,000 are 800 (short), as are 200 epochs of a 400-digit set."""
+    from vaelab.config import DEFAULT_TRAIN_DIGITS, DEFAULT_UPDATES
+
+    assert (DEFAULT_TRAIN_DIGITS, DEFAULT_UPDATES) == (4000, 8000)
+    run = {"train.epochs": 200, "epochs_trained": 200, "train.batch_size": 100}
+    passes121 = {"train.epochs": 121, "epochs_trained": 121, "train.batch_size": 100}
+    big_batch = {**run, "train.batch_size": 1000}
+    assert report.budget_shortfalls({"a": run}, _FullEval, 500, 4000) == []
+    assert report.budget_shortfalls({"a": passes121}, _FullEval, 10_000, 50_000) == []
+    assert report.budget_shortfalls({"a": passes121}, _FullEval, 500, 4000) == [
+        "a 4,840 of 8,000 parameter updates (4,000 training digits)"]
+    assert report.budget_shortfalls({"b": big_batch}, _FullEval, 500, 4000) == [
+        "b 800 of 8,000 parameter updates (4,000 training digits)"]
+    assert report.budget_shortfalls({"a": run}, _FullEval, 500, 400) == [
+        "a 800 of 8,000 parameter updates (400 training digits)"]
+    # one update short is short; a last short batch counts as an update
+    assert report.budget_shortfalls({"a": {**run, "epochs_trained": 199}}, _FullEval, 500,
+                                    4000) != []
+    assert report.budget_shortfalls({"a": run}, _FullEval, 500, 3901) == []
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 
 from . import backend, card, cli, data, io, models, tracking, train
-from .config import DEFAULT_BUDGET, Params, RunConfig, UserError
+from .config import DEFAULT_UPDATES, Params, RunConfig, UserError, updates
 
 
 class OutOfMemoryError(UserError, MemoryError):
@@ -87,14 +87,16 @@ def fingerprint(run: RunConfig, stage_file, data_dir: Path, out: Outputs) -> dic
     return found
 
 
-def run_tags(run: RunConfig) -> dict:
+def run_tags(run: RunConfig, n_train: int) -> dict:
     extra = {"objective": run.objective, "k": run.k, "vaelab.backend": backend.NAME,
              "vaelab.device": ", ".join(backend.devices())}
     if run.init_from:
         extra["vaelab.init_from"] = run.init_from
-    if run.train.epochs < DEFAULT_BUDGET["train.epochs"]:
-        extra["vaelab.budget"] = (f"indicative: {run.train.epochs} of "
-                                  f"{DEFAULT_BUDGET['train.epochs']} epochs")
+    # the report's rule (report.budget_shortfalls), which retags the run once it is measured
+    steps = updates(run.train.epochs, n_train, run.train.batch_size)
+    if steps < DEFAULT_UPDATES:
+        extra["vaelab.budget"] = (f"indicative: {steps:,} of {DEFAULT_UPDATES:,} parameter "
+                                  f"updates ({run.train.epochs} epochs of {n_train:,} digits)")
     return tracking.run_tags(f"train@{run.name}", extra)
 
 
@@ -188,7 +190,8 @@ def _train_owned(params: Params, name: str, run: RunConfig, xs, out: Outputs, ck
     print(f"train@{name}: {run.objective} k={run.k}, {run.train.epochs} epochs on "
           f"{len(x_train)} digits" + (f", from {run.init_from}'s weights" if run.init_from else "")
           + (f", resuming after epoch {resumed.meta['epoch']}" if resumed else ""))
-    with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(), run_tags(run),
+    with tracking.model_run(params.mlflow.experiment, name, run.as_flat_dict(),
+                            run_tags(run, len(x_train)),
                             run_id=resume_id) as log:
         # Epochs past the checkpoint that the killed run had logged already are trained
         # again (to the same values) but not logged twice.

@@ -58,12 +58,6 @@ def published(layers: int, family: str, k: int) -> Row | None:
     return None
 
 
-def updates(passes: int, n_train: int, batch_size: int) -> int:
-    """Parameter updates of `passes` over n_train digits (the last batch of a pass may be
-    short, as in training)."""
-    return passes * -(-n_train // batch_size)
-
-
 def table(measured: list[dict]) -> list[str]:
     """Markdown rows: each measured model beside its published row, with both budgets.
 

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from . import literature, registry
-from .config import DEFAULT_BUDGET, EvaluateConfig
+from .config import DEFAULT_BUDGET, DEFAULT_UPDATES, EvaluateConfig, updates
 from .registry import SNR_SLOPE as SNR_THEORY
 
 HOLDS, FAILS, UNMEASURED = "HOLDS", "DOES NOT HOLD", "NOT MEASURED"
@@ -30,14 +30,23 @@ def budget_epochs(info: dict) -> int:
     return int(info.get("epochs_trained", info["train.epochs"]))
 
 
-def budget_shortfalls(infos: dict, cfg, n_test: int) -> list[str]:
-    """What falls short of DEFAULT_BUDGET, one phrase each; [] for a full run."""
+def budget_updates(info: dict, n_train: int) -> int:
+    """The parameter updates a model was given: budget_epochs over n_train digits in its
+    train.batch_size."""
+    return updates(budget_epochs(info), n_train,
+                   int(info.get("train.batch_size", DEFAULT_BUDGET["train.batch_size"])))
+
+
+def budget_shortfalls(infos: dict, cfg, n_test: int, n_train: int) -> list[str]:
+    """What falls short of DEFAULT_BUDGET, one phrase each; [] for a full run. Training is
+    counted in parameter updates (config.DEFAULT_UPDATES): the same 200 epochs are a short
+    run on 400 digits and a long one on 50,000."""
     out = []
-    short = {n: budget_epochs(i) for n, i in infos.items()
-             if budget_epochs(i) < DEFAULT_BUDGET["train.epochs"]}
+    short = {n: budget_updates(i, n_train) for n, i in infos.items()
+             if budget_updates(i, n_train) < DEFAULT_UPDATES}
     if short:
-        out.append(", ".join(f"{n} {e}" for n, e in short.items())
-                   + f" of {DEFAULT_BUDGET['train.epochs']} epochs")
+        out.append(", ".join(f"{n} {u:,}" for n, u in short.items())
+                   + f" of {DEFAULT_UPDATES:,} parameter updates ({n_train:,} training digits)")
     if cfg.k < DEFAULT_BUDGET["evaluate.k"]:
         out.append(f"NLL = -L_{cfg.k}, not -L_{DEFAULT_BUDGET['evaluate.k']}")
     if n_test < DEFAULT_BUDGET["evaluate.n_test"]:
@@ -522,7 +531,7 @@ def literature_rows(results: dict, infos: dict, n_train: int) -> list[dict]:
                          active_units=units, data=f"{i.get('data.source')} {n_train:,} train",
                          passes=int(passes) if passes else "not recorded",
                          batch_size=int(batch) if batch else "not recorded",
-                         updates=(literature.updates(int(passes), n_train, int(batch))
+                         updates=(updates(int(passes), n_train, int(batch))
                                   if passes and batch else "not recorded"),
                          schedule=f"{schedule}, lr {i.get('train.learning_rate')}",
                          device=i.get("device") or "not recorded"))
@@ -664,8 +673,8 @@ def judge(records: dict, seed_std: float | None = None) -> Judgement:
     results = {n: r.results() for n, r in records.items()}
     infos = {n: r.model for n, r in records.items()}
     return Judgement(results, infos, all_claims(results, infos, cfg.snr_k, seed_std),
-                     budget_shortfalls(infos, cfg, first.n_test), cfg, first.n_test,
-                     first.n_train)
+                     budget_shortfalls(infos, cfg, first.n_test, first.n_train), cfg,
+                     first.n_test, first.n_train)
 
 def write(j: Judgement, arrays: dict, folder: str | Path, curves: dict | None = None) -> None:
     """report.md, verdicts.json and figures/ into `folder` (a fresh one: io.atomic_dir).
