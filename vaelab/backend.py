@@ -137,12 +137,16 @@ def value_and_grad(fn, variables):
 
 
 def grads_by_group(fn, groups):
-    """fn(*args) -> (loss, surrogates): a scalar, and None when every group follows it, else
-    {group: scalar} (objectives.surrogate_losses). groups: [(name, Keras variables)].
-    Returns (*args) -> {group: [d target / d v for v in its variables]}: one forward pass
-    and one backward pass per distinct target (one for a shared loss), where a gradient per
-    group from value_and_grad would repeat the forward pass each time. TF gives None for a
-    variable its target does not depend on, JAX zeros."""
+    """fn(*args) -> (loss, surrogates, aux): a scalar; None when every group follows it, else
+    {group: scalar} (objectives.surrogate_losses); and whatever the caller wants back (the
+    training step's logs). groups: [(name, Keras variables)].
+    Returns grads(*args, values=None) -> ({group: [d target / d v for v in its variables]},
+    loss, aux): one forward pass and one backward pass per distinct target (one for a shared
+    loss), where a gradient per group from value_and_grad would repeat the forward pass each
+    time. The training step and the gradient SNR both take their gradients here. On JAX the
+    gradients are taken at `values` (every group's variables' values, in order: what a jitted
+    training step carries), by default the variables' own; TF reads the variables. TF gives
+    None for a variable its target does not depend on, JAX zeros."""
     names = [g for g, _ in groups]
     sizes = [len(vs) for _, vs in groups]
     variables = [v for _, vs in groups for v in vs]
@@ -156,25 +160,29 @@ def grads_by_group(fn, groups):
     if NAME == "jax":
         def targets(values, *args):
             with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                loss, surrogates = fn(*args)
-            return jnp.stack([loss] if surrogates is None else [surrogates[g] for g in names])
+                loss, surrogates, aux = fn(*args)
+            out = [loss] if surrogates is None else [surrogates[g] for g in names]
+            return jnp.stack(out), (loss, aux)
 
-        def jax_grads(*args):
-            out, vjp = jax.vjp(lambda v: targets(v, *args), [v.value for v in variables])
+        def jax_grads(*args, values=None):
+            values = [v.value for v in variables] if values is None else values
+            out, vjp, (loss, aux) = jax.vjp(lambda v: targets(v, *args), values, has_aux=True)
             if out.shape[0] == 1:
-                return split(vjp(jnp.ones_like(out))[0])
-            return {g: split(vjp(jnp.zeros_like(out).at[i].set(1.0))[0])[g]
-                    for i, g in enumerate(names)}
+                return split(vjp(jnp.ones_like(out))[0]), loss, aux
+            return ({g: split(vjp(jnp.zeros_like(out).at[i].set(1.0))[0])[g]
+                     for i, g in enumerate(names)}, loss, aux)
 
         return jax_grads
 
-    def tf_grads(*args):
+    def tf_grads(*args, values=None):
+        if values is not None:
+            raise ValueError("values= is for JAX; TensorFlow differentiates the variables")
         # persistent: one backward pass per surrogate over the same forward pass
         with tf.GradientTape(persistent=True) as tape:
-            loss, surrogates = fn(*args)
+            loss, surrogates, aux = fn(*args)
         if surrogates is None:
-            return split(tape.gradient(loss, variables))
-        return {g: tape.gradient(surrogates[g], vs) for g, vs in groups}
+            return split(tape.gradient(loss, variables)), loss, aux
+        return {g: tape.gradient(surrogates[g], vs) for g, vs in groups}, loss, aux
 
     return tf_grads
 

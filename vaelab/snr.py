@@ -194,7 +194,7 @@ def model_draws(m, x: np.ndarray, repeats: int, seed: int):
 
             def losses(xb, s):
                 b = f(xb, m.posterior(xb), p_z, decode, k, s)
-                return -ops.mean(b.bound), objectives.surrogate_losses(b)
+                return -ops.mean(b.bound), objectives.surrogate_losses(b), None
 
             # one forward pass per draw, one backward pass per distinct target: the
             # standard estimator's groups share -bound, DReG's encoder has its surrogate
@@ -205,7 +205,7 @@ def model_draws(m, x: np.ndarray, repeats: int, seed: int):
                                         for t, v in zip(gs, vs)], 0)
 
             def both(xb, s):  # the same seed, the same samples, for both groups
-                gs = grads(xb, s)
+                gs, _, _ = grads(xb, s)
                 return flat(gs["encoder"], enc_vars), flat(gs["decoder"], dec_vars)
 
             def block(xb, ss):  # ss [n, 2]: n draws -> ([n, P_enc], [n, P_dec])

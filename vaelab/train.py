@@ -167,18 +167,10 @@ def make_step(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optim
         return _make_step_jax(vae, run, optimizer, dynamic)
     import tensorflow as tf
 
-    variables, groups = trained_variables(vae, run), trained_groups(vae, run)
+    variables, grad_fn = trained_variables(vae, run), _grad_fn(vae, run, dynamic)
 
     def one_step(x, seed):
-        # persistent: an objective with surrogates takes one gradient per group (inside
-        # tf.function the tape is a trace-time object, so this costs nothing otherwise)
-        with tf.GradientTape(persistent=True) as tape:
-            loss, surrogates, logs = step_loss(vae, run, x, seed, dynamic)
-        if surrogates is None:
-            grads = tape.gradient(loss, variables)
-        else:
-            grads = [g for name, vs in groups for g in tape.gradient(surrogates[name], vs)]
-        del tape
+        grads, loss, logs = grad_fn(x, seed)
         finite = _all_finite(loss, grads)
         # Never let a NaN into the weights: the caller stops at the first step with
         # `finite == False`, and the checkpoint on disk stays the last good state.
@@ -196,32 +188,17 @@ def make_step(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.Optim
     return backend.tf_function(steps, jit)
 
 
-def _jax_grad_fn(vae: models.VAE, run: RunConfig, variables: list, dynamic: bool):
-    """(values, x, seed) -> ((loss, logs), gradients of `variables` at values): one forward
+def _grad_fn(vae: models.VAE, run: RunConfig, dynamic: bool):
+    """(x, seed, values=None) -> (gradients of trained_variables, loss, logs): one forward
     pass, one backward pass per target, so each group keeps the gradient of its own target
-    (a single target: every variable's, as value_and_grad)."""
-    import jax
-    import jax.numpy as jnp
-
+    (backend.grads_by_group; `values`: JAX's weights, as the jitted step carries them)."""
     groups = trained_groups(vae, run)
-    sizes = [len(vs) for _, vs in groups]
+    by_group = backend.grads_by_group(lambda x, seed: step_loss(vae, run, x, seed, dynamic),
+                                      groups)
 
-    def targets(values, x, seed):
-        """[loss] or [one surrogate loss per group], and (loss, logs)."""
-        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-            loss, surrogates, logs = step_loss(vae, run, x, seed, dynamic)
-        out = [loss] if surrogates is None else [surrogates[g] for g, _ in groups]
-        return jnp.stack(out), (loss, logs)
-
-    def grad_fn(values, x, seed):
-        out, vjp, (loss, logs) = jax.vjp(lambda v: targets(v, x, seed), values, has_aux=True)
-        if out.shape[0] == 1:
-            return (loss, logs), vjp(jnp.ones_like(out))[0]
-        grads, start = [], 0
-        for i, n in enumerate(sizes):
-            grads += vjp(jnp.zeros_like(out).at[i].set(1.0))[0][start:start + n]
-            start += n
-        return (loss, logs), grads
+    def grad_fn(x, seed, values=None):
+        grads, loss, logs = by_group(x, seed, values=values)
+        return [g for name, _ in groups for g in grads[name]], loss, logs
 
     return grad_fn
 
@@ -239,12 +216,12 @@ def _make_step_jax(vae: models.VAE, run: RunConfig, optimizer: keras.optimizers.
     import jax.numpy as jnp
 
     variables, slots = trained_variables(vae, run), optimizer.variables
-    grad_fn = _jax_grad_fn(vae, run, variables, dynamic)
+    grad_fn = _grad_fn(vae, run, dynamic)
 
     def steps(values, slot_values, xs, seeds):
         all_logs, finites = [], []
         for j in range(xs.shape[0]):  # unrolled, as on TF
-            (loss, logs), grads = grad_fn(values, xs[j], seeds[j])
+            grads, loss, logs = grad_fn(xs[j], seeds[j], values=values)
             finite = _all_finite(loss, grads)
             # NaN guard, as on TF: a non-finite step applies zero gradients
             grads = [jnp.where(finite, g, jnp.zeros_like(g)) for g in grads]
